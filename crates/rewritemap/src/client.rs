@@ -1,0 +1,213 @@
+//! Apache's side of the protocol, for tests and benchmarks: start a map
+//! program the way mod_rewrite does and ask it one key at a time.
+//!
+//! Like Apache, [`MapProcess::spawn`] starts the program with an empty
+//! environment and pipes on stdin and stdout; its stderr is collected so that
+//! a test can show it or assert on it. [`MapProcess::ask`] writes `key\n` and
+//! reads one line back, with a deadline, so a program that hangs fails the
+//! test instead of hanging it.
+
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// A running map program.
+#[derive(Debug)]
+pub struct MapProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+    pending: Vec<u8>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<JoinHandle<()>>,
+}
+
+impl MapProcess {
+    /// Starts `program` with `args`, an empty environment, and pipes for
+    /// stdin, stdout and stderr.
+    pub fn spawn<I, S>(program: impl AsRef<OsStr>, args: I) -> io::Result<MapProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(program);
+        command.args(args);
+        Self::spawn_command(command)
+    }
+
+    /// Starts a prepared command, replacing its environment and stdio the
+    /// way Apache does.
+    pub fn spawn_command(mut command: Command) -> io::Result<MapProcess> {
+        command
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        let (Some(stdin), Some(stdout), Some(mut err)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(io::Error::other("child has no pipes"));
+        };
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = err.read(&mut chunk) {
+                if let Ok(mut all) = sink.lock() {
+                    all.extend_from_slice(&chunk[..n]);
+                }
+            }
+        });
+        Ok(MapProcess {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            pending: Vec::new(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        })
+    }
+
+    /// The program's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes `key` and a newline, as Apache does (in one write).
+    pub fn send(&mut self, key: &[u8]) -> io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::other("stdin already closed"))?;
+        let mut line = Vec::with_capacity(key.len() + 1);
+        line.extend_from_slice(key);
+        line.push(b'\n');
+        stdin.write_all(&line)?;
+        stdin.flush()
+    }
+
+    /// Reads one answer line (without its newline), waiting at most
+    /// `timeout`. End of output before a newline is an error.
+    pub fn read_line(&mut self, timeout: Duration) -> io::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=at).collect();
+                return String::from_utf8(line[..at].to_vec())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer line within {timeout:?}"),
+                ));
+            }
+            let mut fds = [PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stdout.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "map program closed its stdout",
+                ));
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends `key` and returns the answer and the time it took.
+    pub fn ask(&mut self, key: &str, timeout: Duration) -> io::Result<(String, Duration)> {
+        self.ask_bytes(key.as_bytes(), timeout)
+    }
+
+    /// Like [`MapProcess::ask`], for keys that are not UTF-8.
+    pub fn ask_bytes(&mut self, key: &[u8], timeout: Duration) -> io::Result<(String, Duration)> {
+        let started = Instant::now();
+        self.send(key)?;
+        let answer = self.read_line(timeout)?;
+        Ok((answer, started.elapsed()))
+    }
+
+    /// Closes the program's stdin (Apache's EOF).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits at most `timeout` for the program to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Everything the program wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        let bytes = self.stderr.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits (bounded) until stderr holds `needle`; true if it does.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Closes stdin, waits up to `timeout` for a clean exit, then kills; and
+    /// returns the exit status and the complete stderr.
+    pub fn finish(mut self, timeout: Duration) -> io::Result<(Option<ExitStatus>, String)> {
+        self.close_stdin();
+        let status = self.wait_exit(timeout)?;
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // The reader ends when every holder of the pipe has closed it; a
+        // leftover grandchild could hold it forever, so the wait is bounded.
+        if let Some(reader) = self.stderr_reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !reader.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Ok((status, self.stderr()))
+    }
+}
+
+impl Drop for MapProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

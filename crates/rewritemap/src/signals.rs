@@ -1,0 +1,71 @@
+//! SIGTERM: Apache's way of stopping a map program, handled so the program
+//! stops promptly and cleanly.
+//!
+//! On every restart Apache sends SIGTERM to each map program, waits about 3 s
+//! and then sends SIGKILL. The handler only sets a flag, and is installed
+//! without `SA_RESTART`, so the main thread's blocking read of stdin returns
+//! `EINTR`, sees the flag and returns from [`crate::serve`]. A program that
+//! inherited SIGTERM ignored or blocked gets it back.
+//!
+//! A process-directed signal goes to any thread that does not block it, so
+//! background threads must be started with [`spawn_background`]: they block
+//! SIGTERM and leave it to the main thread.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Installs the SIGTERM handler and unblocks SIGTERM in the calling thread.
+/// Call it once, first thing in `main`, before any thread is started.
+pub fn install() -> io::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigterm),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe, and it touches no other state.
+    #[expect(unsafe_code, reason = "installing a signal handler is unsafe in nix")]
+    unsafe {
+        signal::sigaction(Signal::SIGTERM, &action)?;
+    }
+    sigterm_mask(SigmaskHow::SIG_UNBLOCK)?;
+    Ok(())
+}
+
+/// True once SIGTERM has arrived.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Starts a named thread that has SIGTERM blocked, so the signal always
+/// interrupts the main thread (which is the one waiting on stdin).
+pub fn spawn_background<F, T>(name: String, work: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // The new thread inherits the mask of the thread that creates it, so
+    // there is no window in which it could take the signal.
+    let previous = sigterm_mask(SigmaskHow::SIG_BLOCK)?;
+    let spawned = thread::Builder::new().name(name).spawn(work);
+    signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+    spawned
+}
+
+/// Changes SIGTERM in the calling thread's mask and returns the mask it had.
+fn sigterm_mask(how: SigmaskHow) -> io::Result<SigSet> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    let mut previous = SigSet::empty();
+    signal::pthread_sigmask(how, Some(&set), Some(&mut previous))?;
+    Ok(previous)
+}
