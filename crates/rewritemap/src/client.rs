@@ -22,7 +22,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 pub struct MapProcess {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: ChildStdout,
+    stdout: Option<ChildStdout>,
     pending: Vec<u8>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<JoinHandle<()>>,
@@ -68,7 +68,7 @@ impl MapProcess {
         Ok(MapProcess {
             child,
             stdin: Some(stdin),
-            stdout,
+            stdout: Some(stdout),
             pending: Vec::new(),
             stderr,
             stderr_reader: Some(stderr_reader),
@@ -110,7 +110,11 @@ impl MapProcess {
                     format!("no answer line within {timeout:?}"),
                 ));
             }
-            let mut fds = [PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN)];
+            let stdout = self
+                .stdout
+                .as_mut()
+                .ok_or_else(|| io::Error::other("stdout already closed"))?;
+            let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
             let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, ms) {
                 Ok(0) => continue,
@@ -119,7 +123,7 @@ impl MapProcess {
                 Err(e) => return Err(e.into()),
             }
             let mut chunk = [0u8; 4096];
-            let n = self.stdout.read(&mut chunk)?;
+            let n = stdout.read(&mut chunk)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -146,6 +150,12 @@ impl MapProcess {
     /// Closes the program's stdin (Apache's EOF).
     pub fn close_stdin(&mut self) {
         self.stdin = None;
+    }
+
+    /// Closes our end of the program's stdout, as a dead reader would: its
+    /// next answer meets a broken pipe.
+    pub fn close_stdout(&mut self) {
+        self.stdout = None;
     }
 
     /// Waits at most `timeout` for the program to exit.

@@ -114,13 +114,11 @@ impl MapProgram {
     ) -> io::Result<ExitCode> {
         let stdin = io::stdin();
         if stdin.is_terminal() {
-            #[expect(clippy::print_stderr, reason = "a hint for a person, not a log line")]
-            {
-                eprintln!(
-                    "{}: type one key per line (for example {}), Ctrl-D to end; --help explains",
-                    self.name, self.example_key
-                );
-            }
+            // A hint for a person, not a log line: plain, on stderr.
+            eprintln!(
+                "{}: type one key per line (for example {}), Ctrl-D to end; --help explains",
+                self.name, self.example_key
+            );
         }
         tracing::debug!("serving keys from stdin");
         serve::serve(stdin.lock(), io::stdout().lock(), self.no, answer)?;

@@ -1,0 +1,105 @@
+//! `verify-port`: a `RewriteMap prg:` answering "is the VM behind this port
+//! alive?": `3001` -> `open3001` or `closed`, exactly like the original bash
+//! `nc -z` loop, so existing rules keep working.
+//!
+//! # Protocol
+//! One key per line (`3001`, `HOST:PORT`, `[V6]:PORT`), one answer per line.
+//! A port is open when a TCP connect succeeds within `--timeout-ms` (or, with
+//! `--probe listen-table`, when the kernel lists a listening socket for it).
+//! Hosts other than localhost, 127.0.0.1 and ::1 need `--allow-host`; with
+//! `--ports`, other ports are refused. A refused or malformed key is answered
+//! `closed` without any connection attempt.
+//!
+//! # Failure modes
+//! Nothing ends the program but end of input, a closed stdout or SIGTERM.
+//! Every answer comes within `--timeout-ms` per address of the key.
+
+mod target;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rewritemap::{BadKey, CommonArgs, MapProgram};
+use vmpool::{PortSpec, ProbeMethod, Prober};
+
+use crate::target::Targets;
+
+const MAP: MapProgram = MapProgram {
+    name: "verify-port",
+    no: "closed",
+    example_key: "3001",
+};
+
+/// Apache RewriteMap program: answers open<KEY> when a VM listens on the port
+/// of KEY, else closed.
+#[derive(Debug, Parser)]
+#[command(version, after_long_help = HELP_APACHE)]
+struct Args {
+    /// Give up on a connect after this long.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    timeout_ms: u64,
+
+    /// Also allow probing this host (IP literal or name, resolved at start).
+    /// localhost, 127.0.0.1 and ::1 are always allowed.
+    #[arg(long, value_name = "HOST")]
+    allow_host: Vec<String>,
+
+    /// Only these ports may be probed (e.g. 3001-3010); others are closed.
+    #[arg(long, value_name = "SPEC")]
+    ports: Option<PortSpec>,
+
+    /// How to learn that a port listens: connect (tells whether Apache can
+    /// reach the VM) or listen-table (the kernel's socket table: the VM sees
+    /// nothing, but a hung VM still counts as listening).
+    #[arg(long, value_name = "HOW", default_value_t = ProbeMethod::Connect)]
+    probe: ProbeMethod,
+
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Answer these keys and exit (0 when all are open), instead of reading
+    /// keys from stdin.
+    #[arg(value_name = "KEY")]
+    keys: Vec<OsString>,
+}
+
+const HELP_APACHE: &str = "\
+Apache writes one key per line on stdin and reads one answer line:
+  3001 -> open3001 | closed      [::1]:3002 -> open[::1]:3002 | closed
+
+Apache 2.4:
+  RewriteMap PORTS \"prg:/usr/local/bin/verify-port --ports 3001-3010\"
+  RewriteCond %{HTTP_COOKIE} \"server=(app[0-9]+)\"
+  RewriteCond ${PORTS:${SERVERS:%1}} ^open([0-9]+)$
+  RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
+
+By hand: verify-port 3001 3002   (exit status 0 when every port is open)";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = MAP.start(&args.common) {
+        tracing::error!("cannot start: {e}");
+        return ExitCode::from(2);
+    }
+    let targets = Targets::new(&args.allow_host, args.ports);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let mut prober = Prober::new(args.probe, timeout);
+    tracing::info!("ready: probe {}, timeout {timeout:?}", args.probe);
+    MAP.run(&args.keys, |key| answer(&targets, &mut prober, key))
+}
+
+/// `open<key>` if any address of `key` listens, within one timeout in all.
+fn answer(targets: &Targets, prober: &mut Prober, key: &str) -> Result<String, BadKey> {
+    let deadline = Instant::now() + prober.timeout();
+    for addr in targets.resolve(key)? {
+        if Instant::now() >= deadline {
+            break;
+        }
+        if prober.is_listening_until(addr, deadline) {
+            return Ok(format!("open{key}"));
+        }
+    }
+    Ok(MAP.no.to_owned())
+}

@@ -1,0 +1,23 @@
+//! The pool's ports and the processes behind them, each written once:
+//! which ports belong to the pool, whether a VM listens on one, which process
+//! was launched there, how to launch one detached and how to stop one that is
+//! ours and no one else's.
+//!
+//! # Files
+//! Per port, in the launcher's pid directory: `<port>.pid` (the pid record)
+//! and `<port>.lock` (held while a launcher decides about that port). In the
+//! log directory: `<port>.log`, the VM's stdout and stderr.
+//!
+//! # Failure modes
+//! Nothing here trusts a pid on its own: a pid record names a process by pid
+//! and start time, and a process is signalled only while both still match
+//! and it is not a zombie.
+
+#![deny(missing_docs)]
+
+pub mod listen_table;
+pub mod ports;
+pub mod probe;
+
+pub use ports::{PortSpec, SpecError, parse_port};
+pub use probe::{ProbeMethod, Prober, connect_probe};
