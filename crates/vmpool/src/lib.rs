@@ -15,9 +15,18 @@
 
 #![deny(missing_docs)]
 
+pub mod files;
+pub mod kill;
 pub mod listen_table;
+pub mod lock;
+pub mod pidrecord;
 pub mod ports;
 pub mod probe;
+pub mod spawn;
 
+pub use kill::{Stopped, kill_if_ours};
+pub use lock::PortLock;
+pub use pidrecord::{Liveness, PidRecord};
 pub use ports::{PortSpec, SpecError, parse_port};
 pub use probe::{ProbeMethod, Prober, connect_probe};
+pub use spawn::{Identity, Launch, spawn_detached};
