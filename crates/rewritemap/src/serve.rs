@@ -37,19 +37,21 @@ where
     let mut rejects = RejectLog::default();
     let mut line = Vec::with_capacity(64);
     loop {
+        if signals::stop_requested() {
+            tracing::info!("SIGTERM received, stopping");
+            return Ok(());
+        }
         let next = match keys.next_key() {
             Ok(next) => next,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {
-                if signals::stop_requested() {
-                    tracing::info!("SIGTERM received, stopping");
-                    return Ok(());
-                }
-                continue;
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         line.clear();
         match next {
+            None if signals::stop_requested() => {
+                tracing::info!("SIGTERM received, stopping");
+                return Ok(());
+            }
             None => {
                 tracing::debug!("end of input, stopping");
                 return Ok(());

@@ -2,30 +2,47 @@
 //! stops promptly and cleanly.
 //!
 //! On every restart Apache sends SIGTERM to each map program, waits about 3 s
-//! and then sends SIGKILL. The handler only sets a flag, and is installed
-//! without `SA_RESTART`, so the main thread's blocking read of stdin returns
-//! `EINTR`, sees the flag and returns from [`crate::serve`]. A program that
-//! inherited SIGTERM ignored or blocked gets it back.
+//! and then sends SIGKILL. The handler sets a flag and puts `/dev/null` in
+//! place of stdin (`dup2` is async-signal-safe). It is installed without
+//! `SA_RESTART`, so a blocking read of stdin returns `EINTR`, and the loop in
+//! [`crate::serve`] sees the flag and returns. A signal that lands just
+//! before the read starts cannot be missed either: the read then meets
+//! `/dev/null`, that is end of input. A program that inherited SIGTERM
+//! ignored or blocked gets it back.
 //!
 //! A process-directed signal goes to any thread that does not block it, so
 //! background threads must be started with [`spawn_background`]: they block
 //! SIGTERM and leave it to the main thread.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::thread::{self, JoinHandle};
 
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// A descriptor open on `/dev/null`, for the handler to put over stdin.
+static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_sigterm(_: nix::libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+    let dev_null = DEV_NULL.load(Ordering::SeqCst);
+    if dev_null >= 0 {
+        // SAFETY: dup2 is async-signal-safe and only changes the descriptor
+        // table; fd 0 then reads as end of input.
+        #[expect(unsafe_code, reason = "dup2 on raw descriptors in a signal handler")]
+        unsafe {
+            nix::libc::dup2(dev_null, nix::libc::STDIN_FILENO);
+        }
+    }
 }
 
 /// Installs the SIGTERM handler and unblocks SIGTERM in the calling thread.
 /// Call it once, first thing in `main`, before any thread is started.
 pub fn install() -> io::Result<()> {
+    let dev_null = std::fs::File::open("/dev/null")?;
+    DEV_NULL.store(dev_null.into_raw_fd(), Ordering::SeqCst);
     let action = SigAction::new(
         SigHandler::Handler(on_sigterm),
         SaFlags::empty(),

@@ -47,6 +47,9 @@ pub struct Listener {
     pub backlog: u32,
     /// For IPv6 sockets: `IPV6_V6ONLY` (a `::` socket without it takes IPv4).
     pub v6only: bool,
+    /// The socket's inode: `/proc/PID/fd/N` of its owner links to
+    /// `socket:[inode]`.
+    pub inode: u32,
 }
 
 impl Listener {
@@ -221,6 +224,7 @@ fn parse_listener(body: &[u8]) -> Option<Listener> {
         accept_queue: u32_at(body, 56),
         backlog: u32_at(body, 60),
         v6only,
+        inode: u32_at(body, 68),
     })
 }
 
@@ -279,6 +283,7 @@ mod tests {
             accept_queue: 0,
             backlog: 1,
             v6only: false,
+            inode: 0,
         };
         assert!(any4.serves("127.0.0.1:80".parse().expect("addr")));
         assert!(!any4.serves("127.0.0.1:81".parse().expect("addr")));

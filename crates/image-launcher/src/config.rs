@@ -1,0 +1,285 @@
+//! The command line, and its validation into a [`Config`] the launcher can
+//! trust: directories checked, the user resolved, the command absolute.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use rewritemap::CommonArgs;
+use vmpool::files::checked_dir;
+use vmpool::{Identity, PortSpec, ProbeMethod};
+
+/// The placeholder replaced by the port in CMD, its arguments and `--env`
+/// values.
+pub const PORT_PLACEHOLDER: &str = "{port}";
+
+/// Apache RewriteMap program: answers a port whose VM is listening,
+/// launching the VM on demand.
+#[derive(Debug, Parser)]
+#[command(version, after_long_help = HELP_APACHE)]
+pub struct Args {
+    /// The pool: the ports this launcher may launch VMs on, e.g. 3001-3010
+    /// or 3001,3005,3007-3009.
+    #[arg(long, value_name = "SPEC")]
+    pub ports: PortSpec,
+
+    /// Where pid records (<port>.pid) and lock files (<port>.lock) live.
+    /// Must be owned by root or by the launcher's user, and not
+    /// world-writable without the sticky bit.
+    #[arg(long, value_name = "DIR")]
+    pub pid_dir: PathBuf,
+
+    /// Where each VM's stdout and stderr are appended (<port>.log). Same
+    /// ownership rules as --pid-dir.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: PathBuf,
+
+    /// Run VMs as this user (and its groups), or USER:GROUP. Required when
+    /// the launcher runs as root: VMs never run as root.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
+    /// How long a VM may take from launch to listening. Until then it is
+    /// "starting" (never killed, never launched twice); after it, a VM that
+    /// does not listen is killed and relaunched. Also the longest a lookup
+    /// waits in a cold pool.
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub start_timeout_ms: u64,
+
+    /// Always wait for the key's own VM (the original launcher's behaviour),
+    /// instead of answering another listening port while it starts.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How to learn that a port listens: connect or listen-table (see
+    /// verify-port --help).
+    #[arg(long, value_name = "HOW", default_value_t = ProbeMethod::Connect)]
+    pub probe: ProbeMethod,
+
+    /// The VM's working directory.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub workdir: PathBuf,
+
+    /// Add KEY=VALUE to the VM's environment ({port} is replaced). The VM
+    /// gets PATH, HOME, USER and LOGNAME of its user, and these.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Answer these keys and exit (0 when every key got a port), instead of
+    /// reading keys from stdin. For trying the launcher by hand.
+    #[arg(long = "key", value_name = "KEY")]
+    pub keys: Vec<OsString>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The VM's command: an absolute path and its arguments; {port} is
+    /// replaced by the port. Run directly, never through a shell.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+const HELP_APACHE: &str = "\
+Apache writes one port per line on stdin (a random one of the active set)
+and reads one answer line: a port with a listening VM, or NULL.
+  listening       -> the key, at once; nothing launched
+  not listening   -> the VM is launched (its old process killed if it is
+                     still ours); meanwhile another listening port of the
+                     pool is answered at once, or, in a cold pool (or with
+                     --wait), the key once its VM listens, or NULL after
+                     --start-timeout-ms
+  outside --ports -> NULL; nothing launched, nothing killed
+
+Apache 2.4:
+  RewriteMap SQUEAK \"prg:/usr/local/bin/image-launcher --ports 3001-3010 \\
+      --pid-dir /run/seaside --log-dir /var/log/seaside --user www-data \\
+      -- /usr/bin/squeak -headless /srv/app.image port {port}\"
+  RewriteCond ${SQUEAK:${SERVERS:ALL}} ^([0-9]+)$
+  RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
+
+By hand: image-launcher ... --key 3001 -- CMD ARGS";
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The pool.
+    pub ports: PortSpec,
+    /// Canonical, checked pid directory.
+    pub pid_dir: PathBuf,
+    /// Canonical, checked log directory.
+    pub log_dir: PathBuf,
+    /// The VMs' user; `None`: the launcher's own (it is not root).
+    pub user: Option<Identity>,
+    /// Launch to listening, at most.
+    pub start_timeout: Duration,
+    /// Always wait for the key's own VM.
+    pub wait: bool,
+    /// The probe.
+    pub probe: ProbeMethod,
+    /// The VM's working directory.
+    pub workdir: PathBuf,
+    /// The VM's environment, with placeholders.
+    pub env: Vec<(OsString, OsString)>,
+    /// The VM's program (absolute).
+    pub program: PathBuf,
+    /// Its arguments, with placeholders.
+    pub args: Vec<OsString>,
+}
+
+impl Config {
+    /// Checks everything that can be checked before the first lookup.
+    pub fn from_args(args: Args) -> anyhow::Result<Config> {
+        let user = resolve_user(args.user.as_deref())?;
+        let pid_dir = checked_dir(&args.pid_dir).context("--pid-dir")?;
+        let log_dir = checked_dir(&args.log_dir).context("--log-dir")?;
+        ensure!(
+            args.workdir.is_dir(),
+            "--workdir {}: not a directory",
+            args.workdir.display()
+        );
+        let mut command = args.command.into_iter();
+        let program = PathBuf::from(command.next().context("no CMD after --")?);
+        ensure!(
+            program.is_absolute(),
+            "CMD {} must be an absolute path: Apache starts map programs with an empty environment, so there is no PATH",
+            program.display()
+        );
+        let mode = std::fs::metadata(&program)
+            .with_context(|| format!("CMD {}", program.display()))?
+            .permissions()
+            .mode();
+        ensure!(
+            mode & 0o111 != 0,
+            "CMD {} is not executable",
+            program.display()
+        );
+        let args_vec: Vec<OsString> = command.collect();
+        let env = vm_environment(user.as_ref(), &args.env)?;
+        let mentions_port = args_vec
+            .iter()
+            .chain(env.iter().map(|(_, v)| v))
+            .any(contains_placeholder);
+        if !mentions_port {
+            tracing::warn!(
+                "{PORT_PLACEHOLDER} appears in no argument or --env value: every VM gets the same command line"
+            );
+        }
+        Ok(Config {
+            ports: args.ports,
+            pid_dir,
+            log_dir,
+            user,
+            start_timeout: Duration::from_millis(args.start_timeout_ms),
+            wait: args.wait,
+            probe: args.probe,
+            workdir: args.workdir,
+            env,
+            program,
+            args: args_vec,
+        })
+    }
+}
+
+/// As root, `--user` is required and must not be root; otherwise VMs run as
+/// the launcher's user, and `--user` may only name that user.
+fn resolve_user(spec: Option<&str>) -> anyhow::Result<Option<Identity>> {
+    let root = nix::unistd::geteuid().is_root();
+    match spec {
+        None if root => bail!(
+            "refusing to run as root without --user: VMs must not run as root (give e.g. --user www-data)"
+        ),
+        None => Ok(None),
+        Some(spec) => {
+            let identity = Identity::lookup(spec).with_context(|| format!("--user {spec}"))?;
+            ensure!(
+                !identity.uid.is_root(),
+                "--user {spec}: refusing to run VMs as root"
+            );
+            if !root {
+                ensure!(
+                    identity.uid == nix::unistd::geteuid(),
+                    "--user {spec}: only root can switch users; run the launcher as root or drop --user"
+                );
+                return Ok(None);
+            }
+            Ok(Some(identity))
+        }
+    }
+}
+
+fn vm_environment(
+    user: Option<&Identity>,
+    extra: &[String],
+) -> anyhow::Result<Vec<(OsString, OsString)>> {
+    let me = match user {
+        Some(user) => user.clone(),
+        None => Identity::current().context("looking up the launcher's own user")?,
+    };
+    let mut env: Vec<(OsString, OsString)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), me.home.into_os_string()),
+        ("USER".into(), me.name.clone().into()),
+        ("LOGNAME".into(), me.name.into()),
+    ];
+    for pair in extra {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--env {pair:?}: expected KEY=VALUE"))?;
+        env.retain(|(k, _)| k != key);
+        env.push((key.into(), value.into()));
+    }
+    Ok(env)
+}
+
+fn contains_placeholder(text: &OsString) -> bool {
+    text.as_bytes()
+        .windows(PORT_PLACEHOLDER.len())
+        .any(|w| w == PORT_PLACEHOLDER.as_bytes())
+}
+
+/// `text` with every `{port}` replaced by `port`.
+pub fn fill_port(text: &OsString, port: u16) -> OsString {
+    if !contains_placeholder(text) {
+        return text.clone();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    let placeholder = PORT_PLACEHOLDER.as_bytes();
+    while !rest.is_empty() {
+        if rest.starts_with(placeholder) {
+            out.extend_from_slice(port.to_string().as_bytes());
+            rest = &rest[placeholder.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    <OsString as std::os::unix::ffi::OsStringExt>::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_fills_every_placeholder_and_nothing_else() {
+        let filled = fill_port(&OsString::from("port={port};x{port}{"), 3001);
+        assert_eq!(filled, OsString::from("port=3001;x3001{"));
+        let filled = fill_port(&OsString::from("{port};touch /tmp/x"), 3002);
+        assert_eq!(filled, OsString::from("3002;touch /tmp/x"));
+        assert_eq!(
+            fill_port(&OsString::from("plain"), 1),
+            OsString::from("plain")
+        );
+    }
+}

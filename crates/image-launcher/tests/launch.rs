@@ -1,0 +1,706 @@
+//! image-launcher driven exactly as Apache drives it (the real binary, an
+//! empty environment, pipes), launching real `demo-vm` processes on
+//! loopback ports.
+//!
+//! The test process is a child subreaper: a VM that outlives its launcher is
+//! re-parented here, and every VM a test started is killed and reaped by pid
+//! when the test's [`Pool`] is dropped, so no test leaves a process (or a
+//! zombie) behind.
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use rewritemap::client::MapProcess;
+use vmpool::listen_table::ListenTable;
+use vmpool::{Liveness, PidRecord, connect_probe};
+
+const LAUNCHER: &str = env!("CARGO_BIN_EXE_image-launcher");
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A copy of `demo-vm` that the `nobody` user can execute: the build
+/// directory may sit under /root, which nobody cannot enter.
+fn demo_vm() -> &'static Path {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        let built = Path::new(LAUNCHER).with_file_name("demo-vm");
+        if !built.exists() {
+            let profile_dir = built
+                .parent()
+                .and_then(Path::file_name)
+                .and_then(|n| n.to_str());
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet", "-p", "demo-vm"]);
+            if profile_dir == Some("release") {
+                cargo.arg("--release");
+            }
+            assert!(
+                cargo.status().expect("cargo build").success(),
+                "cannot build demo-vm"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("image-launcher-tests-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let copy = dir.join("demo-vm");
+        fs::copy(&built, &copy).expect("copy demo-vm");
+        copy
+    })
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    // Hold them all while choosing, so the n ports differ.
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+fn listening(port: u16) -> bool {
+    connect_probe(([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Pid and log directories, the pool's ports, and cleanup of every VM.
+struct Pool {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    launchers: Vec<MapProcess>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Pool {
+        nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("pid")).expect("mkdir");
+        fs::create_dir(dir.path().join("log")).expect("mkdir");
+        Pool {
+            dir,
+            ports: free_ports(n),
+            launchers: Vec::new(),
+        }
+    }
+
+    fn pid_dir(&self) -> PathBuf {
+        self.dir.path().join("pid")
+    }
+
+    fn log(&self, port: u16) -> String {
+        fs::read_to_string(self.dir.path().join("log").join(format!("{port}.log")))
+            .unwrap_or_default()
+    }
+
+    fn spec(&self) -> String {
+        self.ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn record(&self, port: u16) -> Option<PidRecord> {
+        PidRecord::read(&self.pid_dir(), port).expect("readable record")
+    }
+
+    /// The launcher's arguments up to `--`, for `extra` options.
+    fn args(&self, extra: &[&str]) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "--ports".into(),
+            self.spec().into(),
+            "--pid-dir".into(),
+            self.pid_dir().into(),
+            "--log-dir".into(),
+            self.dir.path().join("log").into(),
+            "--start-timeout-ms".into(),
+            "10000".into(),
+        ];
+        if is_root() {
+            args.extend(["--user".into(), "nobody".into()]);
+        }
+        args.extend(extra.iter().map(OsString::from));
+        args
+    }
+
+    /// Starts a launcher whose VM is `demo-vm --port {port} VM_ARGS`.
+    fn launcher(&mut self, extra: &[&str], vm_args: &[&str]) -> usize {
+        let mut args = self.args(extra);
+        args.push("--".into());
+        args.push(demo_vm().into());
+        args.extend(["--port".into(), "{port}".into()]);
+        args.extend(vm_args.iter().map(OsString::from));
+        self.launcher_with(args)
+    }
+
+    fn launcher_with(&mut self, args: Vec<OsString>) -> usize {
+        self.launchers
+            .push(MapProcess::spawn(LAUNCHER, args).expect("start image-launcher"));
+        self.launchers.len() - 1
+    }
+
+    fn ask(&mut self, which: usize, key: &str) -> (String, Duration) {
+        let map = &mut self.launchers[which];
+        match map.ask(key, BOUND) {
+            Ok(answer) => answer,
+            Err(e) => panic!("no answer to {key:?}: {e}\nstderr:\n{}", map.stderr()),
+        }
+    }
+
+    fn stderr(&self, which: usize) -> String {
+        self.launchers[which].stderr()
+    }
+
+    /// Pids of demo-vm processes serving `port`, from /proc.
+    fn vms_on(port: u16) -> Vec<u32> {
+        let wanted = format!("--port\0{port}\0");
+        fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("demo-vm") && cmdline.contains(&wanted)
+            })
+            .filter(|&pid| {
+                vmpool::pidrecord::proc_stat(pid)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.state != 'Z')
+            })
+            .collect()
+    }
+}
+
+/// Kills `pid` and reaps it if it became our child (bounded).
+fn kill_and_reap(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(_) => return,
+            // Not our child (its launcher still runs and reaps it).
+            Err(_) => {
+                if vmpool::pidrecord::proc_stat(pid)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|s| s.state == 'Z')
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let mut vms: Vec<u32> = self.ports.iter().flat_map(|&p| Pool::vms_on(p)).collect();
+        vms.extend(self.ports.iter().filter_map(|&p| {
+            PidRecord::read(&self.pid_dir(), p)
+                .ok()
+                .flatten()
+                .map(|r| r.pid)
+        }));
+        vms.sort_unstable();
+        vms.dedup();
+        // Launchers first, so none relaunches what we kill.
+        for launcher in self.launchers.drain(..) {
+            let _ = launcher.finish(Duration::from_secs(2));
+        }
+        for pid in vms {
+            kill_and_reap(pid);
+        }
+    }
+}
+
+#[test]
+fn a_listening_port_is_answered_at_once_and_nothing_is_launched() {
+    let mut pool = Pool::new(2);
+    let vm = TcpListener::bind(("127.0.0.1", pool.ports[0])).expect("bind");
+    let l = pool.launcher(&[], &[]);
+    let port = pool.ports[0].to_string();
+    for _ in 0..3 {
+        let (answer, took) = pool.ask(l, &port);
+        assert_eq!(answer, port);
+        assert!(took < Duration::from_millis(100), "{took:?}");
+    }
+    assert!(pool.record(pool.ports[0]).is_none(), "nothing launched");
+    assert!(pool.log(pool.ports[0]).is_empty());
+    drop(vm);
+}
+
+#[test]
+fn a_cold_pool_launches_the_vm_and_answers_its_own_port() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let l = pool.launcher(&[], &[]);
+    let (answer, _) = pool.ask(l, &port.to_string());
+    assert_eq!(answer, port.to_string(), "{}", pool.stderr(l));
+    let record = pool.record(port).expect("a pid record");
+    assert!(matches!(
+        record.liveness().expect("liveness"),
+        Liveness::Running { .. }
+    ));
+    // The recorded process is the one that owns the listening socket.
+    let mut table = ListenTable::open().expect("sock_diag");
+    let socket = table
+        .listeners(port)
+        .expect("listeners")
+        .into_iter()
+        .find(|l| l.addr.port() == port)
+        .expect("a listening socket");
+    let owns_it = fs::read_dir(format!("/proc/{}/fd", record.pid))
+        .expect("fds")
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target == Path::new(&format!("socket:[{}]", socket.inode)));
+    assert!(
+        owns_it,
+        "pid {} does not own the socket on {port}",
+        record.pid
+    );
+    let pid_file =
+        fs::read_to_string(pool.pid_dir().join(format!("{port}.pid"))).expect("pid file");
+    assert_eq!(
+        pid_file.lines().next(),
+        Some(record.pid.to_string().as_str())
+    );
+    wait_until("the VM's output in its log", BOUND, || {
+        pool.log(port).contains("listening on")
+    });
+}
+
+#[test]
+fn a_warm_pool_answers_another_port_at_once_while_the_key_vm_starts() {
+    let mut pool = Pool::new(2);
+    let (warm, cold) = (pool.ports[0], pool.ports[1]);
+    let _vm = TcpListener::bind(("127.0.0.1", warm)).expect("bind");
+    let l = pool.launcher(&[], &["--start-delay-ms", "3000"]);
+    let (answer, took) = pool.ask(l, &cold.to_string());
+    assert_eq!(answer, warm.to_string());
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    // Meanwhile the key's VM comes up, and is then answered for itself.
+    wait_until("the key's VM", BOUND, || listening(cold));
+    assert_eq!(pool.ask(l, &cold.to_string()).0, cold.to_string());
+}
+
+#[test]
+fn with_wait_the_lookup_waits_for_the_key_vm() {
+    let mut pool = Pool::new(2);
+    let (warm, cold) = (pool.ports[0], pool.ports[1]);
+    let _vm = TcpListener::bind(("127.0.0.1", warm)).expect("bind");
+    let l = pool.launcher(&["--wait"], &["--start-delay-ms", "500"]);
+    let (answer, took) = pool.ask(l, &cold.to_string());
+    assert_eq!(answer, cold.to_string(), "{}", pool.stderr(l));
+    assert!(took >= Duration::from_millis(500), "took {took:?}");
+}
+
+#[test]
+fn a_vm_that_exits_at_once_gets_null_and_then_backs_off() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0].to_string();
+    let l = pool.launcher(&[], &["--exit-after-s", "0"]);
+    let (answer, took) = pool.ask(l, &port);
+    assert_eq!(answer, "NULL");
+    assert!(
+        took < Duration::from_secs(5),
+        "NULL only after {took:?}, the timeout is 10 s"
+    );
+    assert!(
+        pool.launchers[l].wait_stderr("before listening", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+    // Right after: no relaunch, an immediate NULL, and the backoff is said.
+    let (answer, took) = pool.ask(l, &port);
+    assert_eq!(answer, "NULL");
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    assert!(
+        pool.launchers[l].wait_stderr("keeps failing to start", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+    assert_eq!(
+        pool.log(pool.ports[0])
+            .matches("=== image-launcher: starting")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_vm_that_crashes_later_is_relaunched_on_the_next_lookup_with_a_new_pid() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let l = pool.launcher(&[], &["--exit-after-s", "1"]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    let first = pool.record(port).expect("record");
+    wait_until("the crash", BOUND, || {
+        !matches!(first.liveness(), Ok(Liveness::Running { .. })) && !listening(port)
+    });
+    assert_eq!(
+        pool.ask(l, &port.to_string()).0,
+        port.to_string(),
+        "{}",
+        pool.stderr(l)
+    );
+    let second = pool.record(port).expect("record");
+    assert_ne!(second.pid, first.pid);
+    assert!(matches!(
+        second.liveness().expect("liveness"),
+        Liveness::Running { .. }
+    ));
+}
+
+#[test]
+fn a_hung_vm_is_killed_and_replaced_after_its_start_timeout() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let mut args = pool.args(&[]);
+    let at = args.iter().position(|a| a == "10000").expect("timeout arg");
+    args[at] = "300".into();
+    args.extend([
+        "--".into(),
+        demo_vm().into(),
+        "--port".into(),
+        "{port}".into(),
+    ]);
+    args.extend(["--start-delay-ms".into(), "600000".into()]);
+    let l = pool.launcher_with(args);
+    assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
+    let hung = pool.record(port).expect("record");
+    // After the 1 s backoff, the next lookup kills the hung VM and starts
+    // another one (which hangs too, and is answered NULL again).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
+    wait_until("the hung VM to be killed", BOUND, || {
+        !matches!(hung.liveness(), Ok(Liveness::Running { .. }))
+    });
+    assert!(
+        pool.stderr(l)
+            .contains(&format!("killing pid {}", hung.pid)),
+        "{}",
+        pool.stderr(l)
+    );
+    let next = pool.record(port).expect("record");
+    assert_ne!(next.pid, hung.pid);
+}
+
+#[test]
+fn a_stale_record_naming_an_unrelated_live_process_leaves_it_alive() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let mut stranger = Command::new("sleep").arg("60").spawn().expect("sleep");
+    let real = PidRecord::of_process(stranger.id()).expect("record");
+    // As if the pid had been recycled: same pid, another start time.
+    PidRecord {
+        start_ticks: real.start_ticks - 1,
+        ..real.clone()
+    }
+    .write(&pool.pid_dir(), port)
+    .expect("write");
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    assert!(matches!(
+        real.liveness().expect("liveness"),
+        Liveness::Running { .. }
+    ));
+    assert!(
+        pool.stderr(l).contains("leaving it alone"),
+        "{}",
+        pool.stderr(l)
+    );
+    assert_ne!(pool.record(port).expect("record").pid, stranger.id());
+    // A bare pid (the original launcher's format) is not trusted either.
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}
+
+#[test]
+fn a_bare_pid_file_of_the_original_launcher_is_never_trusted() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let mut stranger = Command::new("sleep").arg("60").spawn().expect("sleep");
+    fs::write(
+        pool.pid_dir().join(format!("{port}.pid")),
+        format!("{}\n", stranger.id()),
+    )
+    .expect("write");
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    assert!(
+        stranger.try_wait().expect("try_wait").is_none(),
+        "the stranger was killed"
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}
+
+#[test]
+fn the_pid_record_of_a_dead_process_is_replaced() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let mut gone = Command::new("true").spawn().expect("true");
+    let record = PidRecord::of_process(gone.id()).expect("record");
+    gone.wait().expect("reap");
+    record.write(&pool.pid_dir(), port).expect("write");
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    let now = pool.record(port).expect("record");
+    assert_ne!(now, record);
+    assert!(matches!(
+        now.liveness().expect("liveness"),
+        Liveness::Running { .. }
+    ));
+}
+
+#[test]
+fn eight_launchers_asked_at_once_for_one_closed_port_start_one_vm() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let launchers: Vec<usize> = (0..8)
+        .map(|_| pool.launcher(&[], &["--start-delay-ms", "200"]))
+        .collect();
+    let key = format!("{port}\n");
+    for &l in &launchers {
+        // Written to all eight before any answer is read.
+        pool.launchers[l].send(key.trim().as_bytes()).expect("send");
+    }
+    for &l in &launchers {
+        let answer = pool.launchers[l].read_line(BOUND).expect("answer");
+        assert_eq!(answer, port.to_string(), "{}", pool.stderr(l));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let vms = Pool::vms_on(port);
+    assert_eq!(vms.len(), 1, "VMs on {port}: {vms:?}");
+    assert_eq!(pool.record(port).expect("record").pid, vms[0]);
+}
+
+#[test]
+fn shell_metacharacters_in_arguments_stay_arguments() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let witness = pool.dir.path().join("pwned");
+    let mut args = pool.args(&[]);
+    args.extend([
+        "--".into(),
+        "/bin/echo".into(),
+        format!("{{port}};touch {}", witness.display()).into(),
+        format!("$(touch {})", witness.display()).into(),
+    ]);
+    let l = pool.launcher_with(args);
+    assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
+    wait_until("echo's output", BOUND, || pool.log(port).contains("touch"));
+    assert!(!witness.exists(), "a shell ran the arguments");
+    assert!(
+        pool.log(port)
+            .contains(&format!("{port};touch {}", witness.display())),
+        "{}",
+        pool.log(port)
+    );
+}
+
+#[test]
+fn keys_outside_the_pool_and_garbage_get_null_and_launch_nothing() {
+    let mut pool = Pool::new(1);
+    let outside = free_port();
+    let l = pool.launcher(&[], &[]);
+    let in_pool = pool.ports[0];
+    for key in [
+        outside.to_string(),
+        format!("{in_pool}|{outside}"),
+        String::new(),
+        "garbage".into(),
+        format!("+{in_pool}"),
+        format!("{in_pool};reboot"),
+        "0".into(),
+        "99999".into(),
+    ] {
+        let (answer, took) = pool.ask(l, &key);
+        assert_eq!(answer, "NULL", "{key:?}");
+        assert!(took < Duration::from_millis(100), "{key:?} took {took:?}");
+    }
+    assert!(pool.record(in_pool).is_none());
+    assert!(pool.log(in_pool).is_empty());
+    assert!(Pool::vms_on(outside).is_empty() && Pool::vms_on(in_pool).is_empty());
+}
+
+#[test]
+fn the_vm_outlives_its_launcher_and_holds_none_of_its_pipes() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    let launcher_pid = pool.launchers[l].pid();
+    let link = |pid: u32, fd: &str| fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    let (stdin, stdout) = (
+        link(launcher_pid, "0").expect("stdin"),
+        link(launcher_pid, "1").expect("stdout"),
+    );
+    let vm = pool.record(port).expect("record").pid;
+    let vm_fds: Vec<(String, PathBuf)> = fs::read_dir(format!("/proc/{vm}/fd"))
+        .expect("fds")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read_link(e.path()).ok()?,
+            ))
+        })
+        .collect();
+    for (fd, target) in &vm_fds {
+        assert!(
+            target != &stdin && target != &stdout,
+            "VM fd {fd} is the launcher's pipe {target:?}"
+        );
+        assert!(
+            !target.to_string_lossy().starts_with("pipe:"),
+            "VM fd {fd} is a pipe"
+        );
+    }
+    assert_eq!(link(vm, "0"), Some(PathBuf::from("/dev/null")));
+    let log = pool.dir.path().join("log").join(format!("{port}.log"));
+    assert_eq!(link(vm, "1").as_deref(), Some(log.as_path()));
+    assert_eq!(link(vm, "2").as_deref(), Some(log.as_path()));
+    // End of input: the launcher exits 0; the VM goes on listening.
+    let launcher = pool.launchers.remove(l);
+    let (status, stderr) = launcher.finish(BOUND).expect("finish");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert!(listening(port), "the VM died with its launcher");
+    assert!(matches!(
+        PidRecord::read(&pool.pid_dir(), port)
+            .expect("r")
+            .expect("r")
+            .liveness()
+            .expect("l"),
+        Liveness::Running { .. }
+    ));
+}
+
+#[test]
+fn vms_run_as_the_user_with_its_groups() {
+    if !is_root() {
+        eprintln!("SKIPPED: dropping privileges needs root");
+        return;
+    }
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    let vm = pool.record(port).expect("record").pid;
+    let status = fs::read_to_string(format!("/proc/{vm}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("getpwnam")
+        .expect("nobody");
+    let uid = nobody.uid.to_string();
+    assert_eq!(field("Uid"), [uid.as_str(); 4]);
+    let gid = nobody.gid.to_string();
+    assert_eq!(field("Gid"), [gid.as_str(); 4]);
+    let name = std::ffi::CString::new("nobody").expect("cstring");
+    let mut groups: Vec<String> = nix::unistd::getgrouplist(&name, nobody.gid)
+        .expect("groups")
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let mut seen: Vec<String> = field("Groups").into_iter().map(str::to_owned).collect();
+    seen.sort();
+    assert_eq!(seen, groups);
+}
+
+#[test]
+fn root_without_user_is_refused_with_exit_code_2() {
+    if !is_root() {
+        eprintln!("SKIPPED: only root must give --user");
+        return;
+    }
+    let pool = Pool::new(1);
+    let out = Command::new(LAUNCHER)
+        .env_clear()
+        .args(["--ports", &pool.spec(), "--pid-dir"])
+        .arg(pool.pid_dir())
+        .arg("--log-dir")
+        .arg(pool.dir.path().join("log"))
+        .arg("--")
+        .arg(demo_vm())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--user"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn an_unsafe_pid_dir_is_refused() {
+    let mut pool = Pool::new(1);
+    fs::set_permissions(pool.pid_dir(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let l = pool.launcher(&[], &[]);
+    let status = pool.launchers[l].wait_exit(BOUND).expect("wait");
+    assert_eq!(status.and_then(|s| s.code()), Some(2));
+    assert!(
+        pool.launchers[l].wait_stderr("world-writable", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+}
+
+#[test]
+fn sigterm_ends_a_launcher_waiting_in_a_cold_pool_within_a_second() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let l = pool.launcher(&[], &["--start-delay-ms", "8000"]);
+    pool.launchers[l]
+        .send(port.to_string().as_bytes())
+        .expect("send");
+    wait_until("the launch", BOUND, || pool.record(port).is_some());
+    let sent = Instant::now();
+    kill(
+        Pid::from_raw(pool.launchers[l].pid() as i32),
+        Signal::SIGTERM,
+    )
+    .expect("kill");
+    let status = pool.launchers[l]
+        .wait_exit(Duration::from_secs(1))
+        .expect("wait");
+    assert!(status.is_some(), "still running 1 s after SIGTERM");
+    assert!(sent.elapsed() < Duration::from_secs(1));
+}
