@@ -1,0 +1,512 @@
+//! The subcommands for people: `check` a file, `switch` to another one
+//! atomically, and see every server's `status`.
+//!
+//! Diagnostics go to stderr as `FILE:LINE: severity: message`; the one-line
+//! verdicts, the status table and `--json` go to stdout. This module is the
+//! only writer of stdout besides the map loop, and it writes through one
+//! locked handle with `writeln!` rather than `println!`, so that a reader
+//! that goes away (`server-map status FILE | head -3`) ends the command
+//! quietly instead of panicking.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde::Serialize;
+use server_map::{ALL, Diagnostic, MapFile, Severity, read_settled};
+use vmpool::{Liveness, PidRecord, ProbeMethod, Prober};
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate a map file: errors and warnings with line numbers; exit 0
+    /// when it has no error, 1 otherwise.
+    ///
+    /// Errors: a file refused as a whole (empty, NUL byte, invalid UTF-8,
+    /// no entry, unreadable), duplicate keys (the first wins), empty
+    /// alternatives (a|b| answers NULL when picked), ports outside 1..65535,
+    /// ALL listing a port no key maps to, lines Apache's own reader would
+    /// cut (over 1023 bytes). Warnings: indented lines (Apache ignores them),
+    /// keys without a value, text after the value, no final newline, no ALL.
+    Check {
+        /// The map file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+
+    /// Cut over atomically: validate NEW like `check`, copy it to a temp
+    /// file next to FILE and rename it over FILE (FILE is never half
+    /// written); print what changed.
+    ///
+    /// FILE keeps its mode and owner (a new FILE gets 0644). If NEW has an
+    /// error, nothing is written and the exit status is 1. A running map
+    /// answers from the new file at its next lookup.
+    Switch {
+        /// The live map file (balance.conf).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The file to put in its place (balance.confB).
+        #[arg(value_name = "NEW")]
+        new: PathBuf,
+    },
+
+    /// Show every server of a map file: port, in ALL, listening, and with
+    /// --pid-dir the pid and uptime of its VM; a summary line at the end.
+    ///
+    /// A server is a key whose value is one port (app3001 3001); ALL is the
+    /// active set. States: active (in ALL, listening), draining (listening,
+    /// not in ALL: serving the sessions it still has), starting (a VM is
+    /// running but not listening yet), stopping (the same, outside ALL),
+    /// down (in ALL, nothing running: launched on the next request that needs
+    /// it), stopped.
+    Status {
+        /// The map file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// image-launcher's pid directory, to show each VM's pid and uptime.
+        #[arg(long, value_name = "DIR")]
+        pid_dir: Option<PathBuf>,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Give up on a connect probe after this long.
+        #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=5000))]
+        timeout_ms: u64,
+    },
+}
+
+/// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
+pub fn run(command: Command) -> ExitCode {
+    let out = &mut io::stdout().lock();
+    let result = match command {
+        Command::Check { file } => check(out, &file),
+        Command::Switch { file, new } => switch(out, &file, &new),
+        Command::Status {
+            file,
+            pid_dir,
+            json,
+            timeout_ms,
+        } => status(
+            out,
+            &file,
+            pid_dir.as_deref(),
+            json,
+            Duration::from_millis(timeout_ms),
+        ),
+    };
+    let result = result.and_then(|code| {
+        out.flush()?;
+        Ok(code)
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server-map: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A file read and parsed, or every reason it cannot be used.
+struct Loaded {
+    bytes: Vec<u8>,
+    map: MapFile,
+}
+
+fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    let whole = |message: String| Diagnostic {
+        line: None,
+        severity: Severity::Error,
+        message,
+    };
+    let (bytes, _) = read_settled(path).map_err(|e| vec![whole(e.to_string())])?;
+    let map = MapFile::parse(&bytes).map_err(|rejected| rejected.0)?;
+    Ok(Loaded { bytes, map })
+}
+
+fn print_diagnostics(name: &str, diagnostics: &[Diagnostic]) {
+    for diag in diagnostics {
+        eprintln!("{}", diag.display_in(name));
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
+    let name = file.display().to_string();
+    match load(file) {
+        Err(diagnostics) => {
+            print_diagnostics(&name, &diagnostics);
+            writeln!(
+                out,
+                "{name}: refused as a whole (a running server-map keeps its last good map)"
+            )?;
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Loaded { map, .. }) => {
+            print_diagnostics(&name, map.diagnostics());
+            let errors = map.count(Severity::Error);
+            let warnings = map.count(Severity::Warning);
+            let verdict = match (errors, warnings) {
+                (0, 0) => "ok".to_owned(),
+                (0, w) => format!("ok, {}", plural(w, "warning")),
+                (e, w) => format!("{}, {}", plural(e, "error"), plural(w, "warning")),
+            };
+            writeln!(
+                out,
+                "{name}: {verdict} ({}, {})",
+                plural(map.servers().count(), "server"),
+                map.summary()
+            )?;
+            Ok(if errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn switch(out: &mut impl Write, file: &Path, new: &Path) -> anyhow::Result<ExitCode> {
+    let (file_name, new_name) = (file.display().to_string(), new.display().to_string());
+    let next = match load(new) {
+        Ok(next) => next,
+        Err(diagnostics) => {
+            print_diagnostics(&new_name, &diagnostics);
+            eprintln!(
+                "server-map: not switching: {new_name} cannot be used; {file_name} is untouched"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    print_diagnostics(&new_name, next.map.diagnostics());
+    let errors = next.map.count(Severity::Error);
+    if errors > 0 {
+        eprintln!(
+            "server-map: not switching: {new_name} has {}; {file_name} is untouched",
+            plural(errors, "error")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let before = load(file).ok();
+    if before.as_ref().is_some_and(|old| old.bytes == next.bytes) {
+        writeln!(out, "{file_name} already holds {new_name}; nothing to do")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    replace(file, &next.bytes)?;
+    writeln!(out, "switched {file_name} to {new_name}")?;
+    for line in changes(before.as_ref().map(|old| &old.map), &next.map) {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to a temp file in `file`'s directory and renames it over
+/// `file`: a reader sees the old file or the new one, never a mix.
+fn replace(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let base = file
+        .file_name()
+        .with_context(|| format!("{} names no file", file.display()))?;
+    let old = fs::metadata(file).ok();
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", base.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    temp.write_all(bytes)
+        .and_then(|()| temp.as_file().sync_all())
+        .with_context(|| format!("writing {}", temp.path().display()))?;
+    let mode = old.as_ref().map_or(0o644, |m| m.mode() & 0o7777);
+    temp.as_file()
+        .set_permissions(Permissions::from_mode(mode))
+        .context("setting the temp file's mode")?;
+    if let Some(old) = &old
+        && let Err(e) = std::os::unix::fs::fchown(temp.as_file(), Some(old.uid()), Some(old.gid()))
+    {
+        eprintln!(
+            "server-map: warning: cannot give the new {} the old owner {}:{}: {e}",
+            file.display(),
+            old.uid(),
+            old.gid()
+        );
+    }
+    temp.persist(file)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming the temp file over {}", file.display()))?;
+    // The rename is durable once the directory is synced.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+/// `KEY: before -> after` for every key whose value changed, ALL first.
+fn changes(before: Option<&MapFile>, after: &MapFile) -> Vec<String> {
+    let value = |map: Option<&MapFile>, key: &str| {
+        map.and_then(|m| m.get(key))
+            .map_or("(none)".to_owned(), |v| v.text().to_owned())
+    };
+    let mut keys: Vec<&str> = vec![ALL];
+    let others = before
+        .into_iter()
+        .flat_map(MapFile::entries)
+        .chain(after.entries())
+        .map(|(key, _)| key);
+    for key in others {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .filter_map(|key| {
+            let (old, new) = (value(before, key), value(Some(after), key));
+            (old != new).then(|| format!("{key}: {old} -> {new}"))
+        })
+        .collect()
+}
+
+/// One server as `status` shows it.
+#[derive(Debug, Serialize)]
+struct Row {
+    /// `None` for a port that ALL lists but no key names.
+    name: Option<String>,
+    port: u16,
+    in_all: bool,
+    listening: bool,
+    pid: Option<u32>,
+    uptime_s: Option<u64>,
+    state: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    servers: usize,
+    in_all: usize,
+    listening: usize,
+    draining: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    file: String,
+    all: Vec<u16>,
+    servers: Vec<Row>,
+    summary: Summary,
+}
+
+fn status(
+    out: &mut impl Write,
+    file: &Path,
+    pid_dir: Option<&Path>,
+    json: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = pid_dir {
+        ensure!(dir.is_dir(), "--pid-dir {}: not a directory", dir.display());
+    }
+    let name = file.display().to_string();
+    let map = match load(file) {
+        Ok(loaded) => loaded.map,
+        Err(diagnostics) => {
+            print_diagnostics(&name, &diagnostics);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let errors = map.count(Severity::Error);
+    if errors > 0 {
+        eprintln!(
+            "server-map: {name} has {}; see server-map check {name}",
+            plural(errors, "error")
+        );
+    }
+    let status = survey(&name, &map, pid_dir, timeout);
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &status)?;
+        writeln!(out)?;
+    } else {
+        print_table(out, &status)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probes every server's port and reads its pid record.
+fn survey(name: &str, map: &MapFile, pid_dir: Option<&Path>, timeout: Duration) -> Status {
+    let all = map.active_ports();
+    let mut ports: Vec<(Option<String>, u16)> = map
+        .servers()
+        .map(|(key, port)| (Some(key.to_owned()), port))
+        .collect();
+    for &port in &all {
+        if !ports.iter().any(|&(_, p)| p == port) {
+            ports.push((None, port));
+        }
+    }
+    let mut prober = Prober::new(ProbeMethod::Connect, timeout);
+    let servers: Vec<Row> = ports
+        .into_iter()
+        .map(|(name, port)| {
+            let in_all = all.contains(&port);
+            let listening = prober.is_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            let (pid, age) = pid_dir.map_or((None, None), |dir| process(dir, port));
+            Row {
+                name,
+                port,
+                in_all,
+                listening,
+                pid,
+                uptime_s: age.map(|age| age.as_secs()),
+                state: state(in_all, listening, age.is_some()),
+            }
+        })
+        .collect();
+    let count = |keep: fn(&Row) -> bool| servers.iter().filter(|row| keep(row)).count();
+    let summary = Summary {
+        servers: servers.len(),
+        in_all: count(|row| row.in_all),
+        listening: count(|row| row.listening),
+        draining: count(|row| row.listening && !row.in_all),
+    };
+    Status {
+        file: name.to_owned(),
+        all,
+        servers,
+        summary,
+    }
+}
+
+/// The pid and age of the VM recorded for `port`, if it still runs.
+fn process(dir: &Path, port: u16) -> (Option<u32>, Option<Duration>) {
+    let record = match PidRecord::read(dir, port) {
+        Ok(Some(record)) => record,
+        Ok(None) => return (None, None),
+        Err(e) => {
+            eprintln!("server-map: warning: pid record for port {port}: {e}");
+            return (None, None);
+        }
+    };
+    match record.liveness() {
+        Ok(Liveness::Running { age }) => (Some(record.pid), Some(age)),
+        Ok(Liveness::Zombie | Liveness::Gone | Liveness::NotOurs) => (None, None),
+        Err(e) => {
+            eprintln!(
+                "server-map: warning: pid {} of port {port}: {e}",
+                record.pid
+            );
+            (None, None)
+        }
+    }
+}
+
+fn state(in_all: bool, listening: bool, running: bool) -> &'static str {
+    match (listening, running, in_all) {
+        (true, _, true) => "active",
+        (true, _, false) => "draining",
+        (false, true, true) => "starting",
+        (false, true, false) => "stopping",
+        (false, false, true) => "down",
+        (false, false, false) => "stopped",
+    }
+}
+
+/// The status table for people.
+fn print_table(out: &mut impl Write, status: &Status) -> io::Result<()> {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let width = status
+        .servers
+        .iter()
+        .filter_map(|row| row.name.as_deref().map(str::len))
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    writeln!(
+        out,
+        "{:width$}  {:>5}  {:6}  {:9}  {:>7}  {:>7}  STATE",
+        "NAME", "PORT", "IN ALL", "LISTENING", "PID", "UPTIME"
+    )?;
+    for row in &status.servers {
+        writeln!(
+            out,
+            "{:width$}  {:>5}  {:6}  {:9}  {:>7}  {:>7}  {}",
+            row.name.as_deref().unwrap_or("-"),
+            row.port,
+            yes(row.in_all),
+            yes(row.listening),
+            row.pid.map_or("-".to_owned(), |pid| pid.to_string()),
+            row.uptime_s.map_or("-".to_owned(), uptime),
+            row.state,
+        )?;
+    }
+    let Summary {
+        servers,
+        in_all,
+        listening,
+        draining,
+    } = &status.summary;
+    writeln!(
+        out,
+        "{}, {in_all} in ALL (active set), {listening} listening, {draining} listening outside ALL (draining)",
+        plural(*servers, "server")
+    )
+}
+
+/// `45s`, `12m05s`, `3h07m`, `2d04h`.
+fn uptime(secs: u64) -> String {
+    let (m, s) = (secs / 60, secs % 60);
+    let (h, m) = (m / 60, m % 60);
+    let (d, h) = (h / 24, h % 24);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptimes_read_at_a_glance() {
+        assert_eq!(uptime(0), "0s");
+        assert_eq!(uptime(45), "45s");
+        assert_eq!(uptime(725), "12m05s");
+        assert_eq!(uptime(3 * 3600 + 7 * 60 + 9), "3h07m");
+        assert_eq!(uptime(2 * 86400 + 4 * 3600), "2d04h");
+    }
+
+    #[test]
+    fn changes_list_all_first_then_keys_in_file_order() {
+        let a = MapFile::parse(b"app1 1\napp2 2\nALL 1\n").expect("a");
+        let b = MapFile::parse(b"app1 1\napp3 3\nALL 3\n").expect("b");
+        assert_eq!(
+            changes(Some(&a), &b),
+            ["ALL: 1 -> 3", "app2: 2 -> (none)", "app3: (none) -> 3"]
+        );
+        assert_eq!(changes(None, &a)[0], "ALL: (none) -> 1");
+    }
+}
