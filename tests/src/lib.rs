@@ -1,1 +1,12 @@
-//! End-to-end tests through a real Apache 2.4 live in `tests/`.
+//! The harness of the end-to-end tests: a whole stack (a private Apache 2.4
+//! configured from the shipped `apache-conf/`, the three map programs and
+//! `demo-vm` VMs) on loopback, and an HTTP client. The cases live in
+//! `tests/through_apache.rs`.
+
+#![deny(missing_docs)]
+
+pub mod http;
+pub mod stack;
+
+pub use http::{Client, Response, VmReply, request};
+pub use stack::{Options, Stack, wait_until};

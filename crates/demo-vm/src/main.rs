@@ -68,6 +68,11 @@ struct Args {
     #[arg(long, value_name = "S", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..))]
     session_ttl_s: u64,
+
+    /// Listen, but never accept a connection: a VM that has hung with its
+    /// socket open (its accept queue fills up, then connects time out).
+    #[arg(long)]
+    never_accept: bool,
 }
 
 const HELP_BODY: &str = "\
@@ -85,6 +90,7 @@ impl Args {
             idle_exit: self.idle_exit_s.map(Duration::from_secs),
             exit_after: self.exit_after_s.map(Duration::from_secs),
             session_ttl: Duration::from_secs(self.session_ttl_s),
+            never_accept: self.never_accept,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub idle_exit: Option<Duration>,
     pub exit_after: Option<Duration>,
     pub session_ttl: Duration,
+    /// Listen, but never accept: a VM that has hung with its socket open.
+    pub never_accept: bool,
 }
 
 /// What every connection thread shares.
@@ -76,6 +78,12 @@ pub fn run(config: &Config) -> anyhow::Result<Infallible> {
     spawn(move || expire_sessions(&reaper.sessions, idle_exit))
         .context("starting the session reaper")?;
     tracing::info!(target: LOG, "listening on {local} (pid {})", process::id());
+    if config.never_accept {
+        tracing::info!(target: LOG, "never accepting a connection (--never-accept)");
+        loop {
+            thread::park();
+        }
+    }
     loop {
         match listener.accept() {
             Ok((stream, _)) => {

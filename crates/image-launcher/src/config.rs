@@ -56,9 +56,15 @@ pub struct Args {
     #[arg(long)]
     pub wait: bool,
 
-    /// How to learn that a port listens: connect or listen-table (see
-    /// verify-port --help).
-    #[arg(long, value_name = "HOW", default_value_t = ProbeMethod::Connect)]
+    /// The server map (balance.conf). When given, a port answered while the
+    /// key's VM starts is taken only from the active set, its ALL entry, so
+    /// that after a cut-over no new session lands on the old set.
+    #[arg(long, value_name = "FILE")]
+    pub balance: Option<PathBuf>,
+
+    /// How to learn that a port listens: listen-table (the kernel's table of
+    /// listening sockets) or connect; see verify-port --help.
+    #[arg(long, value_name = "HOW", default_value_t = ProbeMethod::ListenTable)]
     pub probe: ProbeMethod,
 
     /// The VM's working directory.
@@ -90,16 +96,17 @@ and reads one answer line: a port with a listening VM, or NULL.
   listening       -> the key, at once; nothing launched
   not listening   -> the VM is launched (its old process killed if it is
                      still ours); meanwhile another listening port of the
-                     pool is answered at once, or, in a cold pool (or with
+                     active set (--balance) or pool is answered at once, or, in a cold pool (or with
                      --wait), the key once its VM listens, or NULL after
                      --start-timeout-ms
   outside --ports -> NULL; nothing launched, nothing killed
 
 Apache 2.4:
-  RewriteMap SQUEAK \"prg:/usr/local/bin/image-launcher --ports 3001-3010 \\
-      --pid-dir /run/seaside --log-dir /var/log/seaside --user www-data \\
+  RewriteMap VMS \"prg:/usr/local/bin/image-launcher --ports 3001-3010 \\
+      --balance /etc/seaside/balance.conf --pid-dir /run/seaside \\
+      --log-dir /var/log/seaside --user www-data \\
       -- /usr/bin/squeak -headless /srv/app.image port {port}\"
-  RewriteCond ${SQUEAK:${SERVERS:ALL}} ^([0-9]+)$
+  RewriteCond ${VMS:${SERVERS:ALL}} ^([0-9]+)$
   RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
 
 By hand: image-launcher ... --key 3001 -- CMD ARGS";
@@ -119,6 +126,8 @@ pub struct Config {
     pub start_timeout: Duration,
     /// Always wait for the key's own VM.
     pub wait: bool,
+    /// The server map whose ALL entry is the active set.
+    pub balance: Option<PathBuf>,
     /// The probe.
     pub probe: ProbeMethod,
     /// The VM's working directory.
@@ -176,6 +185,7 @@ impl Config {
             user,
             start_timeout: Duration::from_millis(args.start_timeout_ms),
             wait: args.wait,
+            balance: args.balance,
             probe: args.probe,
             workdir: args.workdir,
             env,

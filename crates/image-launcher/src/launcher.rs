@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rewritemap::BadKey;
 use rewritemap::signals::stop_requested;
+use server_map::ReloadingMap;
 use vmpool::{Prober, parse_port};
 
 use crate::config::Config;
@@ -31,6 +32,8 @@ pub struct Launcher {
     shared: Arc<Shared>,
     prober: Prober,
     rng: fastrand::Rng,
+    /// The server map, for the active set (`--balance`).
+    balance: Option<ReloadingMap>,
 }
 
 /// What [`Launcher::launch`] found or did.
@@ -45,7 +48,9 @@ impl Launcher {
     /// A launcher for a validated configuration.
     pub fn new(config: Config) -> Launcher {
         let prober = Prober::new(config.probe, Duration::from_millis(200));
+        let balance = config.balance.clone().map(ReloadingMap::new);
         Launcher {
+            balance,
             shared: Arc::new(Shared {
                 config,
                 table: PortTable::default(),
@@ -123,18 +128,22 @@ impl Launcher {
         }
     }
 
-    /// A random listening port of the pool other than `port`: candidates are
+    /// A random listening port other than `port`, from the active set (the
+    /// server map's ALL, with `--balance`) or else the pool: candidates are
     /// probed in random order and the first that listens is taken, which is
     /// uniform among the listening ones.
     fn other_listening_port(&mut self, port: u16) -> Option<u16> {
-        let mut candidates: Vec<u16> = self
-            .config()
-            .ports
-            .ports()
-            .iter()
-            .copied()
-            .filter(|&p| p != port)
-            .collect();
+        let pool = &self.shared.config.ports;
+        let active = self
+            .balance
+            .as_mut()
+            .map(|map| map.current().active_ports())
+            .filter(|active| !active.is_empty());
+        let mut candidates: Vec<u16> = match active {
+            Some(active) => active.into_iter().filter(|&p| pool.contains(p)).collect(),
+            None => pool.ports().to_vec(),
+        };
+        candidates.retain(|&p| p != port);
         self.rng.shuffle(&mut candidates);
         candidates
             .into_iter()

@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vmpool::files::open_regular;
+use vmpool::listen_table::ListenTable;
 use vmpool::{
     Launch, Liveness, PidRecord, PortLock, Prober, Stopped, kill_if_ours, spawn_detached,
 };
@@ -147,6 +148,15 @@ fn retire(config: &Config, port: u16, record: &PidRecord) -> Option<Outcome> {
                 record.pid
             )))
         }
+        Ok(Liveness::Running { .. }) if port_in_listen_table(port) => {
+            // A connect probe fails for a VM whose accept queue is full; the
+            // kernel's table still lists its socket. Busy is not dead.
+            tracing::warn!(
+                "port {port}: pid {} accepts no connection but its socket listens (busy, or hung): left alone",
+                record.pid
+            );
+            Some(Outcome::NotNeeded("busy VM".into()))
+        }
         Ok(Liveness::Running { age }) => {
             tracing::warn!(
                 "port {port}: killing pid {}: up {:.1} s and not listening",
@@ -180,6 +190,14 @@ fn retire(config: &Config, port: u16, record: &PidRecord) -> Option<Outcome> {
             record.pid
         ))),
     }
+}
+
+/// True if the kernel lists a listening socket for the port (false where
+/// the table cannot be read: then the connect probe's word stands).
+fn port_in_listen_table(port: u16) -> bool {
+    ListenTable::open()
+        .and_then(|mut table| table.is_listening(vm_addr(port)))
+        .unwrap_or(false)
 }
 
 fn spawn_vm(config: &Config, port: u16) -> io::Result<Child> {

@@ -26,11 +26,10 @@ use vmpool::{Liveness, PidRecord, connect_probe};
 const LAUNCHER: &str = env!("CARGO_BIN_EXE_image-launcher");
 const BOUND: Duration = Duration::from_secs(20);
 
-/// A copy of `demo-vm` that the `nobody` user can execute: the build
-/// directory may sit under /root, which nobody cannot enter.
-fn demo_vm() -> &'static Path {
-    static COPY: OnceLock<PathBuf> = OnceLock::new();
-    COPY.get_or_init(|| {
+/// The freshly built `demo-vm` (built here if this test runs alone).
+fn built_demo_vm() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
         let built = Path::new(LAUNCHER).with_file_name("demo-vm");
         if !built.exists() {
             let profile_dir = built
@@ -47,28 +46,14 @@ fn demo_vm() -> &'static Path {
                 "cannot build demo-vm"
             );
         }
-        let dir = std::env::temp_dir().join(format!("image-launcher-tests-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
-        let copy = dir.join("demo-vm");
-        fs::copy(&built, &copy).expect("copy demo-vm");
-        copy
+        built
     })
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+use rewritemap::client::free_loopback_ports as free_ports;
 
-fn free_ports(n: usize) -> Vec<u16> {
-    // Hold them all while choosing, so the n ports differ.
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+fn free_port() -> u16 {
+    free_ports(1)[0]
 }
 
 fn listening(port: u16) -> bool {
@@ -90,7 +75,9 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Pid and log directories, the pool's ports, and cleanup of every VM.
+/// Pid and log directories, the pool's ports, a copy of demo-vm that the
+/// `nobody` user can execute (the build directory may sit under /root,
+/// which nobody cannot enter), and cleanup of every VM.
 struct Pool {
     dir: tempfile::TempDir,
     ports: Vec<u16>,
@@ -101,13 +88,22 @@ impl Pool {
     fn new(n: usize) -> Pool {
         nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
         let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         fs::create_dir(dir.path().join("pid")).expect("mkdir");
         fs::create_dir(dir.path().join("log")).expect("mkdir");
+        let vm = dir.path().join("demo-vm");
+        if fs::hard_link(built_demo_vm(), &vm).is_err() {
+            fs::copy(built_demo_vm(), &vm).expect("copy demo-vm");
+        }
         Pool {
             dir,
             ports: free_ports(n),
             launchers: Vec::new(),
         }
+    }
+
+    fn demo_vm(&self) -> PathBuf {
+        self.dir.path().join("demo-vm")
     }
 
     fn pid_dir(&self) -> PathBuf {
@@ -154,7 +150,7 @@ impl Pool {
     fn launcher(&mut self, extra: &[&str], vm_args: &[&str]) -> usize {
         let mut args = self.args(extra);
         args.push("--".into());
-        args.push(demo_vm().into());
+        args.push(self.demo_vm().into());
         args.extend(["--port".into(), "{port}".into()]);
         args.extend(vm_args.iter().map(OsString::from));
         self.launcher_with(args)
@@ -390,7 +386,7 @@ fn a_hung_vm_is_killed_and_replaced_after_its_start_timeout() {
     args[at] = "300".into();
     args.extend([
         "--".into(),
-        demo_vm().into(),
+        pool.demo_vm().into(),
         "--port".into(),
         "{port}".into(),
     ]);
@@ -659,7 +655,7 @@ fn root_without_user_is_refused_with_exit_code_2() {
         .arg("--log-dir")
         .arg(pool.dir.path().join("log"))
         .arg("--")
-        .arg(demo_vm())
+        .arg(pool.demo_vm())
         .stdin(Stdio::null())
         .output()
         .expect("run");
@@ -703,4 +699,80 @@ fn sigterm_ends_a_launcher_waiting_in_a_cold_pool_within_a_second() {
         .expect("wait");
     assert!(status.is_some(), "still running 1 s after SIGTERM");
     assert!(sent.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn with_balance_a_starting_vm_is_covered_only_by_the_active_set() {
+    let mut pool = Pool::new(4);
+    let (old, active, key1, key2) = (pool.ports[0], pool.ports[1], pool.ports[2], pool.ports[3]);
+    // A VM of the old set listens; the active set is active|key1|key2.
+    let _old_vm = TcpListener::bind(("127.0.0.1", old)).expect("bind");
+    let balance = pool.dir.path().join("balance.conf");
+    let names: String = pool.ports.iter().map(|p| format!("app{p} {p}\n")).collect();
+    fs::write(&balance, format!("{names}ALL {active}|{key1}|{key2}\n")).expect("write");
+    let balance_arg = balance.display().to_string();
+    let l = pool.launcher(&["--balance", &balance_arg], &["--start-delay-ms", "300"]);
+    // Nothing of the active set listens: the lookup waits for the key's own
+    // VM rather than answer the old set's.
+    let (answer, took) = pool.ask(l, &key1.to_string());
+    assert_eq!(answer, key1.to_string(), "{}", pool.stderr(l));
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Once VMs of the active set listen, they cover for a starting one; the
+    // old set's VM never does.
+    let _active_vm = TcpListener::bind(("127.0.0.1", active)).expect("bind");
+    for _ in 0..10 {
+        let (answer, took) = pool.ask(l, &key2.to_string());
+        if answer == key2.to_string() {
+            break; // its VM is up already
+        }
+        assert!(
+            answer == active.to_string() || answer == key1.to_string(),
+            "answered {answer}"
+        );
+        assert!(took < Duration::from_millis(100), "{took:?}");
+    }
+}
+
+#[test]
+fn a_vm_whose_socket_listens_is_never_killed_even_when_it_accepts_nothing() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let mut args = pool.args(&["--probe", "connect"]);
+    let at = args.iter().position(|a| a == "10000").expect("timeout arg");
+    args[at] = "300".into();
+    args.extend([
+        "--".into(),
+        pool.demo_vm().into(),
+        "--port".into(),
+        "{port}".into(),
+    ]);
+    args.push("--never-accept".into());
+    let l = pool.launcher_with(args);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    let vm = pool.record(port).expect("record");
+    // Its accept queue fills up: to a connect probe, it is now down.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut queued = Vec::new();
+    while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+        queued.push(s);
+        assert!(queued.len() < 10_000, "the accept queue never filled");
+    }
+    // Past its start timeout, a lookup must not kill it: its socket listens.
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = pool.ask(l, &port.to_string());
+    assert!(
+        pool.launchers[l].wait_stderr("left alone", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+    assert!(
+        matches!(vm.liveness().expect("liveness"), Liveness::Running { .. }),
+        "the busy VM was killed"
+    );
+    assert_eq!(
+        pool.record(port).expect("record").pid,
+        vm.pid,
+        "a second VM was launched"
+    );
+    drop(queued);
 }

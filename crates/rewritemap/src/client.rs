@@ -6,16 +6,50 @@
 //! a test can show it or assert on it. [`MapProcess::ask`] writes `key\n` and
 //! reads one line back, with a deadline, so a program that hangs fails the
 //! test instead of hanging it.
+//!
+//! A program sent SIGTERM leaves a successor on the same pipes (see
+//! [`crate::successor`]). The calling process becomes a child subreaper, so
+//! that successor is re-parented to it, and [`MapProcess::finish`] (or drop)
+//! closes the pipe and reaps it: nothing is left behind.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
+use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// `n` distinct loopback ports that nothing listens on, and that no earlier
+/// call in this process has returned: tests running in parallel threads
+/// must not share a port (the kernel may hand the same free port out twice
+/// in a row).
+pub fn free_loopback_ports(n: usize) -> Vec<u16> {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            continue;
+        };
+        if given.insert(addr.port()) {
+            ports.push(addr.port());
+        }
+        // Held until all are chosen, so the kernel cannot repeat one.
+        held.push(listener);
+    }
+    ports
+}
 
 /// A running map program.
 #[derive(Debug)]
@@ -44,6 +78,7 @@ impl MapProcess {
     /// Starts a prepared command, replacing its environment and stdio the
     /// way Apache does.
     pub fn spawn_command(mut command: Command) -> io::Result<MapProcess> {
+        nix::sys::prctl::set_child_subreaper(true)?;
         command
             .env_clear()
             .stdin(Stdio::piped())
@@ -193,14 +228,17 @@ impl MapProcess {
     }
 
     /// Closes stdin, waits up to `timeout` for a clean exit, then kills; and
-    /// returns the exit status and the complete stderr.
+    /// returns the exit status and the complete stderr. A successor left by
+    /// SIGTERM gets end of input too, and is reaped.
     pub fn finish(mut self, timeout: Duration) -> io::Result<(Option<ExitStatus>, String)> {
+        let successors = self.successors();
         self.close_stdin();
         let status = self.wait_exit(timeout)?;
         if status.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        reap(&successors, timeout);
         // The reader ends when every holder of the pipe has closed it; a
         // leftover grandchild could hold it forever, so the wait is bounded.
         if let Some(reader) = self.stderr_reader.take() {
@@ -213,11 +251,49 @@ impl MapProcess {
     }
 }
 
+impl MapProcess {
+    /// Other processes reading the program's stdin pipe: its successors.
+    pub fn successors(&self) -> Vec<u32> {
+        let Some(stdin) = &self.stdin else {
+            return Vec::new();
+        };
+        let Ok(pipe) = fs::read_link(format!("/proc/self/fd/{}", stdin.as_raw_fd())) else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != self.child.id() && pid != std::process::id())
+            .filter(|pid| fs::read_link(format!("/proc/{pid}/fd/0")).is_ok_and(|p| p == pipe))
+            .collect()
+    }
+}
+
+/// Waits (bounded) for adopted successors to exit, and reaps them.
+fn reap(pids: &[u32], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for &pid in pids {
+        let pid = Pid::from_raw(pid as i32);
+        while Instant::now() < deadline {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => thread::sleep(Duration::from_millis(2)),
+                _ => break,
+            }
+        }
+    }
+}
+
 impl Drop for MapProcess {
     fn drop(&mut self) {
+        let successors = self.successors();
+        self.stdin = None;
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        reap(&successors, Duration::from_secs(5));
     }
 }

@@ -90,6 +90,10 @@ pub struct KeyReader<R> {
     dropped: usize,
     /// The current line has been returned; the next call starts a new one.
     complete: bool,
+    /// Bytes the input still held after the last line was taken from it.
+    buffered: usize,
+    /// The last line returned was ended by end of input, not by a newline.
+    cut_by_eof: bool,
 }
 
 impl<R: BufRead> KeyReader<R> {
@@ -100,7 +104,17 @@ impl<R: BufRead> KeyReader<R> {
             line: Vec::with_capacity(64),
             dropped: 0,
             complete: false,
+            buffered: 0,
+            cut_by_eof: false,
         }
+    }
+
+    /// True between lines with nothing read ahead: every byte taken from the
+    /// input so far has been returned as a line. Only then can another
+    /// process take over the input without losing or splitting a key.
+    pub fn at_rest(&self) -> bool {
+        let partial = !self.complete && (!self.line.is_empty() || self.dropped > 0);
+        !partial && self.buffered == 0 && !self.cut_by_eof
     }
 
     /// Reads the next line and checks it.
@@ -130,7 +144,10 @@ impl<R: BufRead> KeyReader<R> {
             let chunk = self.input.fill_buf()?;
             if chunk.is_empty() {
                 self.complete = true;
+                self.buffered = 0;
                 let len = self.line.len() + self.dropped;
+                // Sticky: once input ended mid-line, it stays so.
+                self.cut_by_eof |= len > 0;
                 return Ok((len > 0).then_some(len));
             }
             let newline = chunk.iter().position(|&b| b == b'\n');
@@ -138,7 +155,9 @@ impl<R: BufRead> KeyReader<R> {
             let keep = taken.min(MAX_LINE - self.line.len());
             self.line.extend_from_slice(&chunk[..keep]);
             self.dropped += taken - keep;
-            self.input.consume(taken + usize::from(newline.is_some()));
+            let used = taken + usize::from(newline.is_some());
+            self.buffered = chunk.len() - used;
+            self.input.consume(used);
             if newline.is_some() {
                 self.complete = true;
                 return Ok(Some(self.line.len() + self.dropped));

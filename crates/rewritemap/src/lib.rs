@@ -22,6 +22,8 @@
 //! - Exactly one answer line per key, flushed at once. Nothing else is ever
 //!   written to stdout; logs go to stderr (Apache's ErrorLog) via `tracing`.
 //! - End of input, a closed stdout (EPIPE) and SIGTERM end the loop quietly.
+//!   On SIGTERM, a successor takes over the pipes to serve Apache's previous
+//!   generation of children during a graceful restart ([`successor`]).
 //!
 //! # Failure modes
 //! A failure to answer one key is the program's business: its answer
@@ -39,7 +41,8 @@ pub mod key;
 pub mod program;
 pub mod serve;
 pub mod signals;
+pub mod successor;
 
 pub use key::{MAX_LINE, Rejection, check_key};
 pub use program::{CommonArgs, LogLevel, MapProgram};
-pub use serve::{BadKey, serve};
+pub use serve::{BadKey, Ended, serve};

@@ -18,8 +18,8 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::serve::{self, BadKey};
-use crate::{key, signals};
+use crate::serve::{self, BadKey, Ended};
+use crate::{key, signals, successor};
 
 /// The flags every map program shares; `#[command(flatten)]` it.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,6 +73,7 @@ pub struct MapProgram {
 
 impl MapProgram {
     /// Installs logging (stderr only) and the SIGTERM handler. Call first.
+    /// In a successor (see [`crate::successor`]), also bounds its life.
     pub fn start(&self, common: &CommonArgs) -> io::Result<()> {
         let _ = tracing_subscriber::fmt()
             .with_writer(io::stderr)
@@ -83,7 +84,16 @@ impl MapProgram {
                 pid: std::process::id(),
             })
             .try_init();
-        signals::install()
+        successor::keep_stdin();
+        signals::install()?;
+        if successor::is_successor() {
+            tracing::info!(
+                "successor: answering the previous Apache generation until it closes the pipe (at most {:?})",
+                successor::DRAIN_MAX
+            );
+            successor::limit_drain(self.name);
+        }
+        Ok(())
     }
 
     /// Runs the map: with `keys` given, answers each and exits 0 only if
@@ -121,7 +131,10 @@ impl MapProgram {
             );
         }
         tracing::debug!("serving keys from stdin");
-        serve::serve(stdin.lock(), io::stdout().lock(), self.no, answer)?;
+        let ended = serve::serve(stdin.lock(), io::stdout().lock(), self.no, answer)?;
+        if let Ended::Signalled { at_rest } = ended {
+            after_sigterm(at_rest);
+        }
         Ok(ExitCode::SUCCESS)
     }
 
@@ -155,6 +168,26 @@ impl MapProgram {
         } else {
             ExitCode::FAILURE
         })
+    }
+}
+
+/// On SIGTERM: hand the pipes to a successor unless this is one already or
+/// a key was cut; then the caller exits.
+fn after_sigterm(at_rest: bool) {
+    if successor::is_successor() {
+        tracing::info!("successor: SIGTERM, stopping");
+        return;
+    }
+    if !at_rest {
+        tracing::warn!("SIGTERM in the middle of a key: stopping without a successor");
+        return;
+    }
+    match successor::hand_over() {
+        Ok(Some(pid)) => tracing::info!(
+            "SIGTERM: stopping; successor pid {pid} answers the previous Apache generation until it closes the pipe"
+        ),
+        Ok(None) => tracing::info!("SIGTERM: stopping"),
+        Err(e) => tracing::warn!("SIGTERM: stopping; cannot start a successor: {e}"),
     }
 }
 

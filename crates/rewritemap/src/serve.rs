@@ -12,9 +12,25 @@ use std::time::{Duration, Instant};
 use crate::key::KeyReader;
 use crate::signals;
 
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// End of input: Apache (or whoever wrote the keys) closed the pipe.
+    EndOfInput,
+    /// The reader of the answers went away (EPIPE).
+    OutputClosed,
+    /// SIGTERM. `at_rest`: every key read was answered and nothing was read
+    /// ahead, so another process may carry on with the same input.
+    Signalled {
+        /// Nothing read and unanswered, no key split.
+        at_rest: bool,
+    },
+}
+
 /// Answers keys read from `input` on `output` until end of input, a broken
 /// `output`, or SIGTERM (see [`signals::install`]); all three are a normal end
-/// (`Ok`).
+/// (`Ok`), told apart by [`Ended`]. On SIGTERM, keys already read are answered
+/// first, so the input is left at a line boundary whenever possible.
 ///
 /// `no` is the program's "no" answer (`closed`, `NULL`). A malformed line gets
 /// it without `answer` being called, and so does a key that `answer` finds
@@ -27,7 +43,7 @@ pub fn serve<R, W, A>(
     mut output: W,
     no: &str,
     mut answer: impl FnMut(&str) -> Result<A, BadKey>,
-) -> io::Result<()>
+) -> io::Result<Ended>
 where
     R: BufRead,
     W: Write,
@@ -37,9 +53,8 @@ where
     let mut rejects = RejectLog::default();
     let mut line = Vec::with_capacity(64);
     loop {
-        if signals::stop_requested() {
-            tracing::info!("SIGTERM received, stopping");
-            return Ok(());
+        if signals::stop_requested() && keys.at_rest() {
+            return Ok(Ended::Signalled { at_rest: true });
         }
         let next = match keys.next_key() {
             Ok(next) => next,
@@ -49,12 +64,13 @@ where
         line.clear();
         match next {
             None if signals::stop_requested() => {
-                tracing::info!("SIGTERM received, stopping");
-                return Ok(());
+                return Ok(Ended::Signalled {
+                    at_rest: keys.at_rest(),
+                });
             }
             None => {
                 tracing::debug!("end of input, stopping");
-                return Ok(());
+                return Ok(Ended::EndOfInput);
             }
             Some(Ok(key)) => {
                 let started = Instant::now();
@@ -79,7 +95,7 @@ where
         if let Err(e) = write_answer(&mut output, &line) {
             if e.kind() == ErrorKind::BrokenPipe {
                 tracing::debug!("stdout closed by the reader, stopping");
-                return Ok(());
+                return Ok(Ended::OutputClosed);
             }
             return Err(e);
         }

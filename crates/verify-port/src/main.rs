@@ -4,8 +4,10 @@
 //!
 //! # Protocol
 //! One key per line (`3001`, `HOST:PORT`, `[V6]:PORT`), one answer per line.
-//! A port is open when a TCP connect succeeds within `--timeout-ms` (or, with
-//! `--probe listen-table`, when the kernel lists a listening socket for it).
+//! A loopback port is open when the kernel lists a listening socket for it
+//! (netlink sock_diag: the VM sees nothing, and a VM too busy to accept is
+//! still open); other hosts, or `--probe connect`, are open when a TCP
+//! connect succeeds within `--timeout-ms`.
 //! Hosts other than localhost, 127.0.0.1 and ::1 need `--allow-host`; with
 //! `--ports`, other ports are refused. A refused or malformed key is answered
 //! `closed` without any connection attempt.
@@ -37,7 +39,7 @@ const MAP: MapProgram = MapProgram {
 #[derive(Debug, Parser)]
 #[command(version, after_long_help = HELP_APACHE)]
 struct Args {
-    /// Give up on a connect after this long.
+    /// Give up on a connect (other hosts, or --probe connect) after this long.
     #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=5000))]
     timeout_ms: u64,
 
@@ -50,10 +52,12 @@ struct Args {
     #[arg(long, value_name = "SPEC")]
     ports: Option<PortSpec>,
 
-    /// How to learn that a port listens: connect (tells whether Apache can
-    /// reach the VM) or listen-table (the kernel's socket table: the VM sees
-    /// nothing, but a hung VM still counts as listening).
-    #[arg(long, value_name = "HOW", default_value_t = ProbeMethod::Connect)]
+    /// How to learn that a loopback port listens: listen-table (the kernel's
+    /// table of listening sockets: the VM sees nothing, and a VM too busy to
+    /// accept still counts as up) or connect (a TCP connect per lookup: a
+    /// connection each VM must accept, and a VM whose accept queue is full
+    /// reads as closed). Other hosts are always probed by connecting.
+    #[arg(long, value_name = "HOW", default_value_t = ProbeMethod::ListenTable)]
     probe: ProbeMethod,
 
     #[command(flatten)]

@@ -96,6 +96,29 @@ fn the_connect_probe_costs_the_vm_an_accept_and_the_listen_table_does_not() {
     assert_eq!(accepted(&vm), 5, "each connect probe is one connection");
 }
 
+/// Connects to `port` until the kernel stops completing handshakes: the
+/// listener's accept queue is full. Returns the connections (keep them).
+fn fill_accept_queue(port: u16) -> Vec<std::net::TcpStream> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut queued = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+        queued.push(stream);
+        assert!(queued.len() < 10_000, "the accept queue never filled");
+    }
+    queued
+}
+
+#[test]
+fn a_vm_too_busy_to_accept_is_open_by_default_and_closed_to_a_connect_probe() {
+    // A listener that never accepts, its queue full: a busy single-threaded VM.
+    let (_vm, port) = listen("127.0.0.1:0");
+    let _queued = fill_accept_queue(port);
+    let mut map = start(&[]);
+    assert_eq!(ask(&mut map, &port.to_string()), format!("open{port}"));
+    let mut connect = start(&["--probe", "connect", "--timeout-ms", "100"]);
+    assert_eq!(ask(&mut connect, &port.to_string()), "closed");
+}
+
 #[test]
 fn a_disallowed_host_is_closed_at_once_without_a_connection() {
     let mut map = start(&["--timeout-ms", "3000"]);
