@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,9 +27,9 @@ pub struct Args {
     #[arg(long, value_name = "SPEC")]
     pub ports: PortSpec,
 
-    /// Where pid records (<port>.pid) and lock files (<port>.lock) live.
-    /// Must be owned by root or by the launcher's user, and not
-    /// world-writable without the sticky bit.
+    /// Where pid records (<port>.pid) and lock files (<port>.lock) live;
+    /// created if missing. Must be owned by root or by the launcher's user,
+    /// and not world-writable without the sticky bit.
     #[arg(long, value_name = "DIR")]
     pub pid_dir: PathBuf,
 
@@ -144,8 +144,8 @@ impl Config {
     /// Checks everything that can be checked before the first lookup.
     pub fn from_args(args: Args) -> anyhow::Result<Config> {
         let user = resolve_user(args.user.as_deref())?;
-        let pid_dir = checked_dir(&args.pid_dir).context("--pid-dir")?;
-        let log_dir = checked_dir(&args.log_dir).context("--log-dir")?;
+        let pid_dir = ensure_dir(&args.pid_dir).context("--pid-dir")?;
+        let log_dir = ensure_dir(&args.log_dir).context("--log-dir")?;
         ensure!(
             args.workdir.is_dir(),
             "--workdir {}: not a directory",
@@ -193,6 +193,20 @@ impl Config {
             args: args_vec,
         })
     }
+}
+
+/// Creates `dir` (mode 0755) if it is missing, as after a reboot empties
+/// `/run`; then checks it like any other.
+fn ensure_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        tracing::info!("created {}", dir.display());
+    }
+    Ok(checked_dir(dir)?)
 }
 
 /// As root, `--user` is required and must not be root; otherwise VMs run as

@@ -776,3 +776,28 @@ fn a_vm_whose_socket_listens_is_never_killed_even_when_it_accepts_nothing() {
     );
     drop(queued);
 }
+
+#[test]
+fn missing_pid_and_log_dirs_are_created_as_after_a_reboot() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    fs::remove_dir(pool.pid_dir()).expect("rmdir");
+    fs::remove_dir(pool.dir.path().join("log")).expect("rmdir");
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(
+        pool.ask(l, &port.to_string()).0,
+        port.to_string(),
+        "{}",
+        pool.stderr(l)
+    );
+    let mode = fs::metadata(pool.pid_dir())
+        .expect("pid dir")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o755);
+    assert!(pool.record(port).is_some());
+    wait_until("the VM's log", BOUND, || {
+        pool.log(port).contains("listening on")
+    });
+}
