@@ -27,13 +27,13 @@ pub struct Args {
     #[arg(long, value_name = "SPEC")]
     pub ports: PortSpec,
 
-    /// Where pid records (<port>.pid) and lock files (<port>.lock) live;
+    /// Where pid records (PORT.pid) and lock files (PORT.lock) live;
     /// created if missing. Must be owned by root or by the launcher's user,
     /// and not world-writable without the sticky bit.
     #[arg(long, value_name = "DIR")]
     pub pid_dir: PathBuf,
 
-    /// Where each VM's stdout and stderr are appended (<port>.log). Same
+    /// Where each VM's stdout and stderr are appended (PORT.log). Same
     /// ownership rules as --pid-dir.
     #[arg(long, value_name = "DIR")]
     pub log_dir: PathBuf,

@@ -5,7 +5,7 @@
 //! and then sends SIGKILL. The handler sets a flag and puts `/dev/null` in
 //! place of stdin (`dup2` is async-signal-safe). It is installed without
 //! `SA_RESTART`, so a blocking read of stdin returns `EINTR`, and the loop in
-//! [`crate::serve`] sees the flag and returns. A signal that lands just
+//! [`crate::serve()`] sees the flag and returns. A signal that lands just
 //! before the read starts cannot be missed either: the read then meets
 //! `/dev/null`, that is end of input. A program that inherited SIGTERM
 //! ignored or blocked gets it back.

@@ -34,7 +34,7 @@ const MAP: MapProgram = MapProgram {
     example_key: "3001",
 };
 
-/// Apache RewriteMap program: answers open<KEY> when a VM listens on the port
+/// Apache RewriteMap program: answers openKEY when a VM listens on the port
 /// of KEY, else closed.
 #[derive(Debug, Parser)]
 #[command(version, after_long_help = HELP_APACHE)]

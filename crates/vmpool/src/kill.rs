@@ -34,7 +34,7 @@ pub enum Stopped {
 
 /// Stops the process `record` names if it is still that process: SIGTERM to
 /// its group, up to `grace` for it to exit, then SIGKILL. An error means it
-/// could not be signalled or survived SIGKILL for [`AFTER_SIGKILL`].
+/// could not be signalled or survived SIGKILL for 2 s.
 pub fn kill_if_ours(record: &PidRecord, grace: Duration) -> io::Result<Stopped> {
     match record.liveness()? {
         Liveness::NotOurs => return Ok(Stopped::NotOurs),
