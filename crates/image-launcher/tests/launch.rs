@@ -82,6 +82,8 @@ struct Pool {
     dir: tempfile::TempDir,
     ports: Vec<u16>,
     launchers: Vec<MapProcess>,
+    /// `--start-timeout-ms` of the launchers started from now on.
+    start_timeout_ms: u64,
 }
 
 impl Pool {
@@ -99,6 +101,7 @@ impl Pool {
             dir,
             ports: free_ports(n),
             launchers: Vec::new(),
+            start_timeout_ms: 10_000,
         }
     }
 
@@ -137,7 +140,7 @@ impl Pool {
             "--log-dir".into(),
             self.dir.path().join("log").into(),
             "--start-timeout-ms".into(),
-            "10000".into(),
+            self.start_timeout_ms.to_string().into(),
         ];
         if is_root() {
             args.extend(["--user".into(), "nobody".into()]);
@@ -380,18 +383,9 @@ fn a_vm_that_crashes_later_is_relaunched_on_the_next_lookup_with_a_new_pid() {
 #[test]
 fn a_hung_vm_is_killed_and_replaced_after_its_start_timeout() {
     let mut pool = Pool::new(1);
+    pool.start_timeout_ms = 300;
     let port = pool.ports[0];
-    let mut args = pool.args(&[]);
-    let at = args.iter().position(|a| a == "10000").expect("timeout arg");
-    args[at] = "300".into();
-    args.extend([
-        "--".into(),
-        pool.demo_vm().into(),
-        "--port".into(),
-        "{port}".into(),
-    ]);
-    args.extend(["--start-delay-ms".into(), "600000".into()]);
-    let l = pool.launcher_with(args);
+    let l = pool.launcher(&[], &["--start-delay-ms", "600000"]);
     assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
     let hung = pool.record(port).expect("record");
     // After the 1 s backoff, the next lookup kills the hung VM and starts
@@ -736,18 +730,9 @@ fn with_balance_a_starting_vm_is_covered_only_by_the_active_set() {
 #[test]
 fn a_vm_whose_socket_listens_is_never_killed_even_when_it_accepts_nothing() {
     let mut pool = Pool::new(1);
+    pool.start_timeout_ms = 300;
     let port = pool.ports[0];
-    let mut args = pool.args(&["--probe", "connect"]);
-    let at = args.iter().position(|a| a == "10000").expect("timeout arg");
-    args[at] = "300".into();
-    args.extend([
-        "--".into(),
-        pool.demo_vm().into(),
-        "--port".into(),
-        "{port}".into(),
-    ]);
-    args.push("--never-accept".into());
-    let l = pool.launcher_with(args);
+    let l = pool.launcher(&["--probe", "connect"], &["--never-accept"]);
     assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
     let vm = pool.record(port).expect("record");
     // Its accept queue fills up: to a connect probe, it is now down.
