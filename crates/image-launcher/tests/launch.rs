@@ -363,8 +363,9 @@ fn a_vm_that_crashes_later_is_relaunched_on_the_next_lookup_with_a_new_pid() {
     let l = pool.launcher(&[], &["--exit-after-s", "1"]);
     assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
     let first = pool.record(port).expect("record");
-    wait_until("the crash", BOUND, || {
-        !matches!(first.liveness(), Ok(Liveness::Running { .. })) && !listening(port)
+    // The launcher reaps its VM when it dies: no zombie is left.
+    wait_until("the crashed VM to be reaped", BOUND, || {
+        first.liveness().ok() == Some(Liveness::Gone) && !listening(port)
     });
     assert_eq!(
         pool.ask(l, &port.to_string()).0,
@@ -785,4 +786,26 @@ fn missing_pid_and_log_dirs_are_created_as_after_a_reboot() {
     wait_until("the VM's log", BOUND, || {
         pool.log(port).contains("listening on")
     });
+}
+
+#[test]
+fn a_symlink_planted_as_a_vm_log_is_never_followed() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let target = pool.dir.path().join("precious");
+    fs::write(&target, "do not touch\n").expect("write");
+    std::os::unix::fs::symlink(
+        &target,
+        pool.dir.path().join("log").join(format!("{port}.log")),
+    )
+    .expect("symlink");
+    let l = pool.launcher(&[], &[]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
+    assert!(
+        pool.launchers[l].wait_stderr("is a symlink", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+    assert_eq!(fs::read_to_string(&target).expect("read"), "do not touch\n");
+    assert!(Pool::vms_on(port).is_empty(), "a VM was started anyway");
 }
