@@ -94,6 +94,8 @@ pub struct Stack {
     /// Apache's address.
     pub addr: SocketAddr,
     apache: Child,
+    /// The VM command, with `{port}`.
+    vm_cmd: Vec<String>,
 }
 
 /// Polls `done` every 5 ms for at most `timeout`; false on timeout.
@@ -157,6 +159,7 @@ impl Stack {
             ports,
             addr,
             apache,
+            vm_cmd,
         };
         let up = wait_until(Duration::from_secs(15), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
@@ -203,6 +206,41 @@ impl Stack {
             etc.join("balance.conf"),
         )
         .expect("cp");
+    }
+
+    /// Starts the VMs of `ports` and waits until they listen, as an operator
+    /// does before a cut-over (docs/operations.md): the launcher run by hand
+    /// with the site's flags, `--wait` and one `--key` per port.
+    pub fn prestart(&self, ports: &[u16]) {
+        let state = self.state();
+        let spec: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let mut launcher = Command::new(state.join("bin/image-launcher"));
+        launcher
+            .env_clear()
+            .args(["--ports", &spec.join(",")])
+            .arg("--pid-dir")
+            .arg(state.join("run/pids"))
+            .arg("--log-dir")
+            .arg(state.join("logs/vms"))
+            .arg("--wait");
+        if nix::unistd::geteuid().is_root() {
+            launcher.args(["--user", "www-data"]);
+        }
+        for port in ports {
+            launcher.args(["--key", &port.to_string()]);
+        }
+        let out = launcher
+            .arg("--")
+            .args(&self.vm_cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run image-launcher by hand");
+        assert!(
+            out.status.success(),
+            "pre-start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The pid record of a port's VM.

@@ -85,6 +85,7 @@ fn after_kill_9_of_its_vm_a_session_gets_a_live_vm_and_a_new_cookie() {
     }));
     let response = client.get("/app/after-crash").expect("request");
     assert_eq!(response.status, 200, "{response:?}\n{}", stack.error_log());
+
     let vm = response.vm().expect("VM reply");
     assert!(vm.new, "a new session");
     assert_ne!(Some(vm.session.clone()), old_session);
@@ -161,6 +162,8 @@ fn a_cut_over_under_load_sends_new_sessions_to_set_b_and_keeps_old_ones() {
         done.clone(),
     );
     thread::sleep(Duration::from_millis(300));
+    // As the operations guide says: start the B set, then switch.
+    stack.prestart(stack.set_b());
     stack.copy_balance('B');
     // New sessions, from now on: only set B.
     let mut new_ports = BTreeSet::new();

@@ -51,6 +51,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub start_timeout_ms: u64,
 
+    /// A VM that exits sooner than this after its launch (even after it
+    /// listened) counts as a failed start: its port backs off (1 s, doubling
+    /// up to 60 s), so a broken image is not relaunched in a loop.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub min_uptime_ms: u64,
+
     /// Always wait for the key's own VM (the original launcher's behaviour),
     /// instead of answering another listening port while it starts.
     #[arg(long)]
@@ -96,9 +103,11 @@ and reads one answer line: a port with a listening VM, or NULL.
   listening       -> the key, at once; nothing launched
   not listening   -> the VM is launched (its old process killed if it is
                      still ours); meanwhile another listening port of the
-                     active set (--balance) or pool is answered at once, or, in a cold pool (or with
-                     --wait), the key once its VM listens, or NULL after
-                     --start-timeout-ms
+                     active set (--balance) or pool is answered at once;
+                     if none of them listens but other VMs of the pool do
+                     (just after a cut-over), NULL at once; in a cold pool
+                     (no VM listens at all), or with --wait, the key once
+                     its VM listens, or NULL after --start-timeout-ms
   outside --ports -> NULL; nothing launched, nothing killed
 
 Apache 2.4:
@@ -124,6 +133,8 @@ pub struct Config {
     pub user: Option<Identity>,
     /// Launch to listening, at most.
     pub start_timeout: Duration,
+    /// A VM that exits sooner after launch is a failed start.
+    pub min_uptime: Duration,
     /// Always wait for the key's own VM.
     pub wait: bool,
     /// The server map whose ALL entry is the active set.
@@ -184,6 +195,7 @@ impl Config {
             log_dir,
             user,
             start_timeout: Duration::from_millis(args.start_timeout_ms),
+            min_uptime: Duration::from_millis(args.min_uptime_ms),
             wait: args.wait,
             balance: args.balance,
             probe: args.probe,

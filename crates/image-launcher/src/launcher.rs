@@ -4,7 +4,11 @@
 //! a lookup must not wait for a VM to start when another VM can take the new
 //! session: a port that listens is answered at once; for one that does not,
 //! its VM is launched in the background and another listening port of the
-//! pool is answered at once. Only a cold pool (nothing listening) or
+//! active set (or pool) is answered at once. When none of those listens but
+//! other VMs of the pool do (the old set, just after a cut-over to a set not
+//! yet started), waiting would stall every session of the old set for the
+//! new VM's start: the answer is `NULL` at once (a 503 with Retry-After for
+//! this new session only). Only a cold pool (no VM listens at all) or
 //! `--wait` makes the lookup wait, polling every millisecond, for at most
 //! the start timeout.
 
@@ -25,6 +29,8 @@ pub const NULL: &str = "NULL";
 
 /// How often a waiting lookup probes the key's port.
 const POLL_EVERY: Duration = Duration::from_millis(1);
+/// How often a waiting lookup checks that a VM is still on its way.
+const VM_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// The lookup side of the launcher.
 #[derive(Debug)]
@@ -34,6 +40,16 @@ pub struct Launcher {
     rng: fastrand::Rng,
     /// The server map, for the active set (`--balance`).
     balance: Option<ReloadingMap>,
+}
+
+/// Who covers for a port whose VM is not up.
+enum Cover {
+    /// This listening port takes the session.
+    Port(u16),
+    /// No VM of the active set listens, but others of the pool do.
+    OutsideActiveSet,
+    /// No VM of the pool listens at all.
+    ColdPool,
 }
 
 /// What [`Launcher::launch`] found or did.
@@ -74,11 +90,20 @@ impl Launcher {
         }
         let epoch = self.shared.table.read(port, |s| s.failure_epoch);
         let launch = self.launch(port);
-        if !self.config().wait
-            && let Some(other) = self.other_listening_port(port)
-        {
-            tracing::debug!("port {port} is not up; answering {other} meanwhile");
-            return Ok(other.to_string());
+        if !self.config().wait {
+            match self.cover_for(port) {
+                Cover::Port(other) => {
+                    tracing::debug!("port {port} is not up; answering {other} meanwhile");
+                    return Ok(other.to_string());
+                }
+                Cover::OutsideActiveSet => {
+                    tracing::info!(
+                        "port {port}: no VM of the active set listens yet (VMs outside it do); answering {NULL} rather than stall the site"
+                    );
+                    return Ok(NULL.to_owned());
+                }
+                Cover::ColdPool => {}
+            }
         }
         if let Launch::BackingOff(left) = launch {
             tracing::warn!(
@@ -98,10 +123,7 @@ impl Launcher {
         let now = Instant::now();
         let start_timeout = self.config().start_timeout;
         let start = self.shared.table.update(port, |s| {
-            let starting = s
-                .starting
-                .is_some_and(|(_, at)| at.elapsed() < start_timeout);
-            if s.launching || starting {
+            if s.vm_expected(now, start_timeout) {
                 return Ok(false);
             }
             if let Some(left) = s.backoff_left(now) {
@@ -128,33 +150,50 @@ impl Launcher {
         }
     }
 
-    /// A random listening port other than `port`, from the active set (the
-    /// server map's ALL, with `--balance`) or else the pool: candidates are
-    /// probed in random order and the first that listens is taken, which is
-    /// uniform among the listening ones.
-    fn other_listening_port(&mut self, port: u16) -> Option<u16> {
-        let pool = &self.shared.config.ports;
+    /// Who can take a new session while `port`'s VM starts: a random
+    /// listening port of the active set (the server map's ALL, with
+    /// `--balance`) or else of the pool, which is uniform among the
+    /// listening ones; or nobody, told apart by whether VMs outside the
+    /// active set listen.
+    fn cover_for(&mut self, port: u16) -> Cover {
+        let pool = self.shared.config.ports.ports().to_vec();
         let active = self
             .balance
             .as_mut()
             .map(|map| map.current().active_ports())
             .filter(|active| !active.is_empty());
-        let mut candidates: Vec<u16> = match active {
-            Some(active) => active.into_iter().filter(|&p| pool.contains(p)).collect(),
-            None => pool.ports().to_vec(),
+        let candidates: Vec<u16> = match &active {
+            Some(active) => active
+                .iter()
+                .copied()
+                .filter(|&p| p != port && pool.contains(&p))
+                .collect(),
+            None => pool.iter().copied().filter(|&p| p != port).collect(),
         };
-        candidates.retain(|&p| p != port);
-        self.rng.shuffle(&mut candidates);
-        candidates
+        // One question for the whole pool when the kernel's table is read.
+        let listening = self.prober.listening_ports(&pool);
+        let up: Vec<u16> = candidates
             .into_iter()
-            .find(|&p| self.prober.is_listening(vm_addr(p)))
+            .filter(|p| listening.contains(p))
+            .collect();
+        if !up.is_empty() {
+            return Cover::Port(up[self.rng.usize(..up.len())]);
+        }
+        if listening.iter().any(|&p| p != port) {
+            Cover::OutsideActiveSet
+        } else {
+            Cover::ColdPool
+        }
     }
 
     /// Waits for `port` to listen, at most the start timeout; gives up early
-    /// when a start fails (the failure epoch moves) or SIGTERM arrives.
+    /// when a start fails (the failure epoch moves), when no VM is on its way
+    /// any more (another launcher's VM died), or when SIGTERM arrives.
     fn wait_for(&mut self, port: u16, epoch: u64) -> Option<u16> {
         let started = Instant::now();
-        let deadline = started + self.config().start_timeout;
+        let start_timeout = self.config().start_timeout;
+        let deadline = started + start_timeout;
+        let mut next_check = started;
         loop {
             if self.prober.is_listening(vm_addr(port)) {
                 tracing::debug!("port {port}: up after waiting {:?}", started.elapsed());
@@ -166,6 +205,15 @@ impl Launcher {
             if self.shared.table.read(port, |s| s.failure_epoch) != epoch {
                 tracing::warn!("port {port}: its VM failed to start; answering {NULL}");
                 return None;
+            }
+            if Instant::now() >= next_check {
+                next_check += VM_CHECK_EVERY;
+                if !self.shared.table.vm_expected(port, start_timeout) {
+                    tracing::warn!(
+                        "port {port}: no VM is starting there any more; answering {NULL}"
+                    );
+                    return None;
+                }
             }
             if Instant::now() >= deadline {
                 tracing::warn!(

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use vmpool::{Liveness, PidRecord};
+
 /// The first pause after a failed start; it doubles with each failure.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest pause between two starts of a failing VM.
@@ -22,8 +24,12 @@ pub struct PortState {
     /// The VM this launcher started and still watches: pid and launch time,
     /// until it listens or exits.
     pub starting: Option<(u32, Instant)>,
-    /// Failed starts in a row (exited before listening, never listened, or
-    /// could not be spawned).
+    /// A VM another launcher started (a successor, one started by hand),
+    /// still within its start timeout: its record, and the end of that time.
+    pub starting_elsewhere: Option<(PidRecord, Instant)>,
+    /// Failed starts in a row (exited before listening or less than
+    /// `--min-uptime-ms` after launch, never listened, or could not be
+    /// spawned).
     pub failures: u32,
     /// No new launch before this instant.
     pub retry_at: Option<Instant>,
@@ -33,6 +39,28 @@ pub struct PortState {
 }
 
 impl PortState {
+    /// True while a VM for this port is on its way: a launch runs, or a VM
+    /// (ours or another launcher's) is alive and within its start timeout.
+    /// Reads `/proc` for another launcher's VM.
+    pub fn vm_expected(&mut self, now: Instant, start_timeout: Duration) -> bool {
+        if self.launching {
+            return true;
+        }
+        if self
+            .starting
+            .is_some_and(|(_, at)| now.duration_since(at) < start_timeout)
+        {
+            return true;
+        }
+        if let Some((record, until)) = &self.starting_elsewhere {
+            if now < *until && matches!(record.liveness(), Ok(Liveness::Running { .. })) {
+                return true;
+            }
+            self.starting_elsewhere = None;
+        }
+        false
+    }
+
     /// Remaining backoff, if any.
     pub fn backoff_left(&self, now: Instant) -> Option<Duration> {
         self.retry_at.filter(|&at| at > now).map(|at| at - now)
@@ -82,6 +110,14 @@ impl PortTable {
     /// Reads one port's state.
     pub fn read<T>(&self, port: u16, look: impl FnOnce(&PortState) -> T) -> T {
         look(self.lock().entry(port).or_default())
+    }
+
+    /// [`PortState::vm_expected`] for one port.
+    pub fn vm_expected(&self, port: u16, start_timeout: Duration) -> bool {
+        self.lock()
+            .entry(port)
+            .or_default()
+            .vm_expected(Instant::now(), start_timeout)
     }
 
     /// Waits at most `timeout` for any change.

@@ -35,6 +35,8 @@ pub const KILL_GRACE: Duration = Duration::from_secs(3);
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How often a starting VM's port is probed.
 const WATCH_EVERY: Duration = Duration::from_millis(2);
+/// How often a VM that listens is checked until `--min-uptime-ms`.
+const UPTIME_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 /// What the launcher and its background threads share.
 #[derive(Debug)]
@@ -69,6 +71,17 @@ pub fn launch_in_background(shared: &Arc<Shared>, port: u16) -> io::Result<()> {
                 tracing::debug!("port {port}: no launch: {why}");
                 None
             }
+            Outcome::StartingElsewhere(record, left) => {
+                tracing::debug!(
+                    "port {port}: no launch: pid {} of another launcher is starting",
+                    record.pid
+                );
+                let until = Instant::now() + left;
+                shared
+                    .table
+                    .update(port, |s| s.starting_elsewhere = Some((record, until)));
+                None
+            }
         };
         let launched = Instant::now();
         shared.table.update(port, |s| {
@@ -85,6 +98,9 @@ pub fn launch_in_background(shared: &Arc<Shared>, port: u16) -> io::Result<()> {
 enum Outcome {
     Launched(Child),
     NotNeeded(String),
+    /// Another launcher's VM is alive and within its start timeout (for
+    /// this much longer): remembered, so that lookups do not try again.
+    StartingElsewhere(PidRecord, Duration),
     Failed(String),
 }
 
@@ -142,12 +158,9 @@ fn launch(shared: &Shared, port: u16) -> Outcome {
 /// stopped).
 fn retire(config: &Config, port: u16, record: &PidRecord) -> Option<Outcome> {
     match record.liveness() {
-        Ok(Liveness::Running { age }) if age < config.start_timeout => {
-            Some(Outcome::NotNeeded(format!(
-                "pid {} started {age:?} ago and is still starting",
-                record.pid
-            )))
-        }
+        Ok(Liveness::Running { age }) if age < config.start_timeout => Some(
+            Outcome::StartingElsewhere(record.clone(), config.start_timeout - age),
+        ),
         Ok(Liveness::Running { .. }) if port_in_listen_table(port) => {
             // A connect probe fails for a VM whose accept queue is full; the
             // kernel's table still lists its socket. Busy is not dead.
@@ -233,51 +246,67 @@ fn command_line(config: &Config, port: u16) -> String {
         .join(" ")
 }
 
-/// Watches a VM we launched until it listens, exits or outlives its start
-/// timeout; then waits for it to exit and reaps it.
+/// Watches a VM we launched: until it listens, exits or outlives its start
+/// timeout; then, if it listened, until it has run `--min-uptime-ms` (an
+/// exit before that is a failed start too: a VM that crashes on its first
+/// request must not be relaunched in a loop); then it waits for the VM to
+/// exit and reaps it.
 fn watch(shared: &Shared, port: u16, mut child: Child, launched: Instant) {
     let pid = child.id();
-    let mut prober = Prober::new(shared.config.probe, Duration::from_millis(200));
+    let config = &shared.config;
+    let mut prober = Prober::new(config.probe, Duration::from_millis(200));
+    let failed = |why: String| {
+        let pause = shared.table.update(port, |s| {
+            s.starting = None;
+            s.fail(Instant::now())
+        });
+        tracing::error!("port {port}: pid {pid} {why}; next launch in {pause:?} at the earliest");
+    };
     let listened = loop {
         if prober.is_listening(vm_addr(port)) {
             tracing::info!(
                 "port {port}: pid {pid} listening after {} ms",
                 launched.elapsed().as_millis()
             );
-            shared.table.update(port, |s| {
-                s.starting = None;
-                s.succeed();
-            });
+            shared.table.update(port, |s| s.starting = None);
             break true;
         }
         match child.try_wait() {
             Ok(Some(status)) => {
-                let pause = shared.table.update(port, |s| {
-                    s.starting = None;
-                    s.fail(Instant::now())
-                });
-                tracing::error!(
-                    "port {port}: pid {pid} exited ({status}) after {} ms, before listening; next launch in {pause:?} at the earliest",
-                    launched.elapsed().as_millis()
-                );
-                return;
+                let ms = launched.elapsed().as_millis();
+                return failed(format!("exited ({status}) after {ms} ms, before listening"));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!("port {port}: cannot check pid {pid}: {e}"),
         }
-        if launched.elapsed() >= shared.config.start_timeout {
-            let pause = shared.table.update(port, |s| {
-                s.starting = None;
-                s.fail(Instant::now())
-            });
-            tracing::error!(
-                "port {port}: pid {pid} did not listen within {:?}; it will be killed on the next lookup after {pause:?}",
-                shared.config.start_timeout
-            );
+        if launched.elapsed() >= config.start_timeout {
+            failed(format!(
+                "did not listen within {:?}; it is killed at the first lookup after the pause",
+                config.start_timeout
+            ));
             break false;
         }
         thread::sleep(WATCH_EVERY);
     };
+    if listened {
+        while launched.elapsed() < config.min_uptime {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let ms = launched.elapsed().as_millis();
+                    return failed(format!(
+                        "exited ({status}) {ms} ms after launch, sooner than --min-uptime-ms {}",
+                        config.min_uptime.as_millis()
+                    ));
+                }
+                Ok(None) => thread::sleep(UPTIME_CHECK_EVERY),
+                Err(e) => {
+                    tracing::warn!("port {port}: cannot check pid {pid}: {e}");
+                    break;
+                }
+            }
+        }
+        shared.table.update(port, |s| s.succeed());
+    }
     match child.wait() {
         Ok(status) => tracing::info!(
             "port {port}: pid {pid} exited ({status}) after {:.1} s{}",

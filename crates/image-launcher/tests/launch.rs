@@ -360,7 +360,8 @@ fn a_vm_that_exits_at_once_gets_null_and_then_backs_off() {
 fn a_vm_that_crashes_later_is_relaunched_on_the_next_lookup_with_a_new_pid() {
     let mut pool = Pool::new(1);
     let port = pool.ports[0];
-    let l = pool.launcher(&[], &["--exit-after-s", "1"]);
+    // It ran longer than --min-uptime-ms: a crash, not a failed start.
+    let l = pool.launcher(&["--min-uptime-ms", "500"], &["--exit-after-s", "1"]);
     assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
     let first = pool.record(port).expect("record");
     // The launcher reaps its VM when it dies: no zombie is left.
@@ -707,11 +708,14 @@ fn with_balance_a_starting_vm_is_covered_only_by_the_active_set() {
     fs::write(&balance, format!("{names}ALL {active}|{key1}|{key2}\n")).expect("write");
     let balance_arg = balance.display().to_string();
     let l = pool.launcher(&["--balance", &balance_arg], &["--start-delay-ms", "300"]);
-    // Nothing of the active set listens: the lookup waits for the key's own
-    // VM rather than answer the old set's.
+    // Nothing of the active set listens, the old set does (a cut-over to a
+    // set not yet started): NULL at once, rather than answer the old set or
+    // stall the old set's sessions for the new VM's start; the VM starts.
     let (answer, took) = pool.ask(l, &key1.to_string());
-    assert_eq!(answer, key1.to_string(), "{}", pool.stderr(l));
-    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert_eq!(answer, "NULL", "{}", pool.stderr(l));
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    wait_until("the key's VM", BOUND, || listening(key1));
+    assert_eq!(pool.ask(l, &key1.to_string()).0, key1.to_string());
     // Once VMs of the active set listen, they cover for a starting one; the
     // old set's VM never does.
     let _active_vm = TcpListener::bind(("127.0.0.1", active)).expect("bind");
@@ -808,4 +812,79 @@ fn a_symlink_planted_as_a_vm_log_is_never_followed() {
     );
     assert_eq!(fs::read_to_string(&target).expect("read"), "do not touch\n");
     assert!(Pool::vms_on(port).is_empty(), "a VM was started anyway");
+}
+
+#[test]
+fn a_vm_that_crashes_right_after_listening_backs_off() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    // It listens at once and exits after 1 s: sooner than the default
+    // --min-uptime-ms (10 s), so it is a failed start.
+    let l = pool.launcher(&[], &["--exit-after-s", "1"]);
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    let first = pool.record(port).expect("record");
+    wait_until("the crash", BOUND, || {
+        first.liveness().ok() == Some(Liveness::Gone)
+    });
+    assert!(
+        pool.launchers[l].wait_stderr("sooner than --min-uptime-ms", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+    // Right after: no relaunch (a tight loop is what the backoff prevents).
+    let (answer, took) = pool.ask(l, &port.to_string());
+    assert_eq!(answer, "NULL");
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert_eq!(
+        pool.log(port)
+            .matches("=== image-launcher: starting")
+            .count(),
+        1
+    );
+    // After the pause, it is launched again; the next pause is longer.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
+    assert!(
+        pool.launchers[l].wait_stderr("next launch in 2s", BOUND),
+        "{}",
+        pool.stderr(l)
+    );
+}
+
+#[test]
+fn a_wait_for_another_launchers_vm_ends_when_that_vm_dies() {
+    let mut pool = Pool::new(1);
+    let port = pool.ports[0];
+    let a = pool.launcher(&[], &["--start-delay-ms", "5000"]);
+    let b = pool.launcher(&[], &["--start-delay-ms", "5000"]);
+    pool.launchers[a]
+        .send(port.to_string().as_bytes())
+        .expect("send");
+    wait_until("A's launch", BOUND, || pool.record(port).is_some());
+    let vm = pool.record(port).expect("record");
+    // B finds A's VM starting: it waits for it, without launching another.
+    let asked = Instant::now();
+    pool.launchers[b]
+        .send(port.to_string().as_bytes())
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    kill_and_reap(vm.pid);
+    let answer = pool.launchers[b].read_line(BOUND).expect("B's answer");
+    assert_eq!(answer, "NULL");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "B waited {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        pool.launchers[a].read_line(BOUND).expect("A's answer"),
+        "NULL"
+    );
+    assert_eq!(
+        pool.log(port)
+            .matches("=== image-launcher: starting")
+            .count(),
+        1,
+        "B launched a VM"
+    );
 }

@@ -69,29 +69,56 @@ pub struct Prober {
     method: ProbeMethod,
     timeout: Duration,
     table: Option<ListenTable>,
+    /// After a failure of the table: when to try opening it again.
+    reopen_at: Option<Instant>,
 }
+
+/// How long a prober connects instead after the table failed, before it
+/// tries the table again.
+const REOPEN_AFTER: Duration = Duration::from_secs(30);
 
 impl Prober {
     /// A prober. With [`ProbeMethod::ListenTable`], the netlink socket is
-    /// opened now; if that fails the prober connects instead, and says so.
+    /// opened now; if that fails the prober connects instead, says so, and
+    /// tries the table again later.
     pub fn new(method: ProbeMethod, timeout: Duration) -> Prober {
-        let table = match method {
-            ProbeMethod::Connect => None,
-            ProbeMethod::ListenTable => match ListenTable::open() {
-                Ok(table) => Some(table),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot read the listening-socket table ({e}); probing by connecting"
-                    );
-                    None
-                }
-            },
-        };
-        Prober {
+        let mut prober = Prober {
             method,
             timeout,
-            table,
+            table: None,
+            reopen_at: None,
+        };
+        if method == ProbeMethod::ListenTable {
+            prober.open_table();
         }
+        prober
+    }
+
+    fn open_table(&mut self) {
+        match ListenTable::open() {
+            Ok(table) => {
+                self.table = Some(table);
+                self.reopen_at = None;
+            }
+            Err(e) => self.table_failed(&e),
+        }
+    }
+
+    fn table_failed(&mut self, e: &std::io::Error) {
+        tracing::warn!(
+            "cannot read the listening-socket table ({e}); probing by connecting for {REOPEN_AFTER:?}"
+        );
+        self.table = None;
+        self.reopen_at = Some(Instant::now() + REOPEN_AFTER);
+    }
+
+    /// The table, if the method uses it and it works (reopened after a
+    /// failure once [`REOPEN_AFTER`] has passed).
+    fn table(&mut self) -> Option<&mut ListenTable> {
+        if self.table.is_none() && self.reopen_at.is_some_and(|at| Instant::now() >= at) {
+            self.open_table();
+        }
+        self.table.as_mut()
     }
 
     /// The method asked for.
@@ -113,19 +140,41 @@ impl Prober {
     /// after the prober's timeout, whichever comes first).
     pub fn is_listening_until(&mut self, addr: SocketAddr, deadline: Instant) -> bool {
         if addr.ip().is_loopback()
-            && let Some(table) = self.table.as_mut()
+            && let Some(table) = self.table()
         {
             match table.is_listening(addr) {
                 Ok(listening) => return listening,
-                Err(e) => {
-                    tracing::warn!(
-                        "listening-socket table failed ({e}); probing by connecting from now on"
-                    );
-                    self.table = None;
-                }
+                Err(e) => self.table_failed(&e),
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         !left.is_zero() && connect_probe(addr, left.min(self.timeout))
+    }
+
+    /// Which of `ports` listen on 127.0.0.1: with the table, one dump for
+    /// all of them; by connecting, one probe each.
+    pub fn listening_ports(&mut self, ports: &[u16]) -> Vec<u16> {
+        let host = std::net::Ipv4Addr::LOCALHOST;
+        if let Some(table) = self.table() {
+            match table.listeners(0) {
+                Ok(listeners) => {
+                    return ports
+                        .iter()
+                        .copied()
+                        .filter(|&p| {
+                            listeners
+                                .iter()
+                                .any(|l| l.serves(SocketAddr::new(host.into(), p)))
+                        })
+                        .collect();
+                }
+                Err(e) => self.table_failed(&e),
+            }
+        }
+        ports
+            .iter()
+            .copied()
+            .filter(|&p| self.is_listening(SocketAddr::new(host.into(), p)))
+            .collect()
     }
 }
