@@ -40,6 +40,9 @@ fn static_files_are_served_by_apache_without_any_vm() {
         request(stack.addr, "/index.html", &["Accept-Encoding: gzip".into()]).expect("request");
     assert_eq!(page.status, 200);
     assert_eq!(page.header("content-encoding"), Some("gzip"), "compressed");
+    // A path that only starts like the application's is not the application.
+    let other = request(stack.addr, "/apple", &[]).expect("request");
+    assert_eq!(other.status, 404, "{other:?}");
     assert!(stack.vms().is_empty(), "a VM was launched for static files");
     assert!(stack.ports.iter().all(|&p| stack.record(p).is_none()));
 }

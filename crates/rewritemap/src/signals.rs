@@ -8,7 +8,9 @@
 //! [`crate::serve()`] sees the flag and returns. A signal that lands just
 //! before the read starts cannot be missed either: the read then meets
 //! `/dev/null`, that is end of input. A program that inherited SIGTERM
-//! ignored or blocked gets it back.
+//! ignored or blocked gets it back. SIGHUP is taken like SIGTERM, and
+//! SIGUSR1 is ignored: the prefork MPM sends both to Apache's whole process
+//! group on restarts, and they are not meant for the maps.
 //!
 //! A process-directed signal goes to any thread that does not block it, so
 //! background threads must be started with [`spawn_background`]: they block
@@ -48,11 +50,17 @@ pub fn install() -> io::Result<()> {
         SaFlags::empty(),
         SigSet::empty(),
     );
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe, and it touches no other state.
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only stores to an atomic and calls dup2, both
+    // async-signal-safe, and it touches no other state; SIG_IGN runs no code.
     #[expect(unsafe_code, reason = "installing a signal handler is unsafe in nix")]
     unsafe {
         signal::sigaction(Signal::SIGTERM, &action)?;
+        // A hard restart of the prefork MPM signals Apache's whole process
+        // group with SIGHUP, a graceful one with SIGUSR1: neither is meant
+        // for the maps, whose own stop comes as SIGTERM from the parent.
+        signal::sigaction(Signal::SIGHUP, &action)?;
+        signal::sigaction(Signal::SIGUSR1, &ignore)?;
     }
     sigterm_mask(SigmaskHow::SIG_UNBLOCK)?;
     Ok(())

@@ -96,16 +96,26 @@ fn the_connect_probe_costs_the_vm_an_accept_and_the_listen_table_does_not() {
     assert_eq!(accepted(&vm), 5, "each connect probe is one connection");
 }
 
-/// Connects to `port` until the kernel stops completing handshakes: the
-/// listener's accept queue is full. Returns the connections (keep them).
+/// Connects to `port` until its accept queue is full (the kernel's table
+/// says so): the listener then stands for a VM too busy to accept.
 fn fill_accept_queue(port: u16) -> Vec<std::net::TcpStream> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut table = vmpool::listen_table::ListenTable::open().expect("sock_diag");
     let mut queued = Vec::new();
-    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
-        queued.push(stream);
+    loop {
+        let listeners = table.listeners(port).expect("listeners");
+        let listener = listeners
+            .iter()
+            .find(|l| l.addr == addr)
+            .expect("listening");
+        if listener.accept_queue > listener.backlog {
+            return queued;
+        }
+        if let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            queued.push(stream);
+        }
         assert!(queued.len() < 10_000, "the accept queue never filled");
     }
-    queued
 }
 
 #[test]

@@ -6,8 +6,9 @@
 //! append to `/etc/shadow`. So: a directory must be owned by root or by us
 //! and must not be world-writable without the sticky bit; files in it are
 //! opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a planted FIFO cannot make
-//! the open hang), must be regular files, and are trusted only when owned by
-//! root or by us.
+//! the open hang), must be regular files with no other hard link, and are
+//! trusted only when owned by root or by us. A directory writable by a
+//! group other than root's or ours is refused too.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -40,6 +41,17 @@ pub fn checked_dir(dir: &Path) -> io::Result<PathBuf> {
             "is world-writable without the sticky bit",
         ));
     }
+    // The members of a group that can write here could unlink a held lock
+    // file or swap a record: only root's group, or ours.
+    if mode & 0o020 != 0 && mode & 0o1000 == 0 && !trusted_group(meta.gid()) {
+        return Err(refused(
+            &canonical,
+            &format!(
+                "is writable by group {}, neither root's nor ours",
+                meta.gid()
+            ),
+        ));
+    }
     Ok(canonical)
 }
 
@@ -48,6 +60,11 @@ fn refused(path: &Path, why: &str) -> io::Error {
         io::ErrorKind::PermissionDenied,
         format!("refusing {}: it {why}", path.display()),
     )
+}
+
+/// True for root's group and for the group we run as.
+fn trusted_group(gid: u32) -> bool {
+    gid == 0 || gid == nix::unistd::getegid().as_raw()
 }
 
 /// True for root and for the user we run as.
@@ -73,6 +90,11 @@ pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> 
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
         return Err(refused(path, "is not a regular file"));
+    }
+    // A hard link planted in a shared directory would make us write to the
+    // file it names (protected_hardlinks may be off).
+    if meta.nlink() > 1 {
+        return Err(refused(path, "has other hard links"));
     }
     if !trusted_owner(meta.uid()) {
         return Err(refused(
@@ -102,6 +124,35 @@ mod tests {
         assert!(err.to_string().contains("sticky"), "{err}");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).expect("chmod");
         assert!(checked_dir(dir.path()).is_ok(), "sticky like /tmp is fine");
+    }
+
+    #[test]
+    fn a_dir_writable_by_a_foreign_group_is_refused() {
+        if !geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o775)).expect("chmod");
+        nix::unistd::chown(dir.path(), None, Some(nix::unistd::Gid::from_raw(65534)))
+            .expect("chown");
+        let err = checked_dir(dir.path()).expect_err("group-writable");
+        assert!(err.to_string().contains("writable by group 65534"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(
+            checked_dir(dir.path()).is_ok(),
+            "a group that cannot write is fine"
+        );
+    }
+
+    #[test]
+    fn a_file_with_another_hard_link_is_not_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("shadow");
+        fs::write(&target, "x").expect("write");
+        let link = dir.path().join("3001.log");
+        fs::hard_link(&target, &link).expect("link");
+        let err = open_regular(&link, OpenOptions::new().append(true)).expect_err("hard link");
+        assert!(err.to_string().contains("hard links"), "{err}");
     }
 
     #[test]
