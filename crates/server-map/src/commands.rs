@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use serde::Serialize;
 use server_map::{ALL, Diagnostic, MapFile, Severity, read_settled};
+use vmpool::listen_table::ListenTable;
 use vmpool::{Liveness, PidRecord, ProbeMethod, Prober};
 
 /// The subcommands.
@@ -55,8 +56,10 @@ pub enum Command {
         new: PathBuf,
     },
 
-    /// Show every server of a map file: port, in ALL, listening, and with
-    /// --pid-dir the pid and uptime of its VM; a summary line at the end.
+    /// Show every server of a map file: port, in ALL, listening, its accept
+    /// queue (waiting connections/most it holds, "full" for a VM that
+    /// accepts nothing: busy or hung), and with --pid-dir the pid and uptime
+    /// of its VM; a summary line at the end.
     ///
     /// A server is a key whose value is one port (app3001 3001); ALL is the
     /// active set. States: active (in ALL, listening), draining (listening,
@@ -297,9 +300,20 @@ struct Row {
     port: u16,
     in_all: bool,
     listening: bool,
+    /// Connections waiting to be accepted, and the most the queue holds,
+    /// from the kernel's table of listening sockets. A full queue is a VM
+    /// that accepts nothing: busy, or hung with its socket open.
+    accept_queue: Option<u32>,
+    backlog: Option<u32>,
     pid: Option<u32>,
     uptime_s: Option<u64>,
     state: &'static str,
+}
+
+impl Row {
+    fn queue_full(&self) -> bool {
+        matches!((self.accept_queue, self.backlog), (Some(q), Some(b)) if q > b)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -308,6 +322,7 @@ struct Summary {
     in_all: usize,
     listening: usize,
     draining: usize,
+    queue_full: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -365,18 +380,32 @@ fn survey(name: &str, map: &MapFile, pid_dir: Option<&Path>, timeout: Duration) 
             ports.push((None, port));
         }
     }
+    // The kernel's table answers for every port at once and tells how full
+    // each accept queue is; a connect probe is the fallback.
+    let table = ListenTable::open()
+        .and_then(|mut table| table.listeners(0))
+        .ok();
     let mut prober = Prober::new(ProbeMethod::Connect, timeout);
     let servers: Vec<Row> = ports
         .into_iter()
         .map(|(name, port)| {
             let in_all = all.contains(&port);
-            let listening = prober.is_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let (listening, queue) = match &table {
+                Some(listeners) => match listeners.iter().find(|l| l.serves(addr)) {
+                    Some(l) => (true, Some((l.accept_queue, l.backlog))),
+                    None => (false, None),
+                },
+                None => (prober.is_listening(addr), None),
+            };
             let (pid, age) = pid_dir.map_or((None, None), |dir| process(dir, port));
             Row {
                 name,
                 port,
                 in_all,
                 listening,
+                accept_queue: queue.map(|(q, _)| q),
+                backlog: queue.map(|(_, b)| b),
                 pid,
                 uptime_s: age.map(|age| age.as_secs()),
                 state: state(in_all, listening, age.is_some()),
@@ -389,6 +418,7 @@ fn survey(name: &str, map: &MapFile, pid_dir: Option<&Path>, timeout: Duration) 
         in_all: count(|row| row.in_all),
         listening: count(|row| row.listening),
         draining: count(|row| row.listening && !row.in_all),
+        queue_full: count(Row::queue_full),
     };
     Status {
         file: name.to_owned(),
@@ -444,17 +474,23 @@ fn print_table(out: &mut impl Write, status: &Status) -> io::Result<()> {
         .max(4);
     writeln!(
         out,
-        "{:width$}  {:>5}  {:6}  {:9}  {:>7}  {:>7}  STATE",
-        "NAME", "PORT", "IN ALL", "LISTENING", "PID", "UPTIME"
+        "{:width$}  {:>5}  {:6}  {:9}  {:>9}  {:>7}  {:>7}  STATE",
+        "NAME", "PORT", "IN ALL", "LISTENING", "QUEUE", "PID", "UPTIME"
     )?;
     for row in &status.servers {
+        let queue = match (row.accept_queue, row.backlog) {
+            (Some(_), Some(_)) if row.queue_full() => "full".to_owned(),
+            (Some(q), Some(b)) => format!("{q}/{b}"),
+            _ => "-".to_owned(),
+        };
         writeln!(
             out,
-            "{:width$}  {:>5}  {:6}  {:9}  {:>7}  {:>7}  {}",
+            "{:width$}  {:>5}  {:6}  {:9}  {:>9}  {:>7}  {:>7}  {}",
             row.name.as_deref().unwrap_or("-"),
             row.port,
             yes(row.in_all),
             yes(row.listening),
+            queue,
             row.pid.map_or("-".to_owned(), |pid| pid.to_string()),
             row.uptime_s.map_or("-".to_owned(), uptime),
             row.state,
@@ -465,11 +501,17 @@ fn print_table(out: &mut impl Write, status: &Status) -> io::Result<()> {
         in_all,
         listening,
         draining,
+        queue_full,
     } = &status.summary;
     writeln!(
         out,
-        "{}, {in_all} in ALL (active set), {listening} listening, {draining} listening outside ALL (draining)",
-        plural(*servers, "server")
+        "{}, {in_all} in ALL (active set), {listening} listening, {draining} listening outside ALL (draining){}",
+        plural(*servers, "server"),
+        if *queue_full > 0 {
+            format!(", {queue_full} with a full accept queue (busy, or hung)")
+        } else {
+            String::new()
+        }
     )
 }
 

@@ -335,26 +335,27 @@ fn status_shows_one_row_per_server_and_a_summary() {
     };
     let pid = pool.vm.0.id().to_string();
     let active = row(pool.active);
+    // QUEUE: connections waiting / the listen backlog, from the kernel.
     assert_eq!(
-        &active[1..5],
-        [&pool.active.to_string(), "yes", "yes", &pid],
+        &active[1..4],
+        [&pool.active.to_string(), "yes", "yes"],
         "{table}"
     );
-    assert_eq!(active[6], "active");
-    assert!(active[5].ends_with('s'), "uptime {:?}", active[5]);
+    assert!(active[4].starts_with("0/"), "queue {:?}", active[4]);
+    assert_eq!(active[5], pid);
+    assert_eq!(active[7], "active");
+    assert!(active[6].ends_with('s'), "uptime {:?}", active[6]);
     assert_eq!(
         row(pool.down)[2..],
-        ["yes", "no", "-", "-", "down"],
+        ["yes", "no", "-", "-", "-", "down"],
         "{table}"
     );
-    assert_eq!(
-        row(pool.draining)[2..],
-        ["no", "yes", "-", "-", "draining"],
-        "{table}"
-    );
+    let draining = row(pool.draining);
+    assert_eq!(draining[2..4], ["no", "yes"], "{table}");
+    assert_eq!(draining[5..], ["-", "-", "draining"], "{table}");
     assert_eq!(
         row(pool.stopped)[2..],
-        ["no", "no", "-", "-", "stopped"],
+        ["no", "no", "-", "-", "-", "stopped"],
         "{table}"
     );
     assert_eq!(
@@ -378,7 +379,7 @@ fn status_json_is_for_scripts() {
     assert_eq!(json["all"], serde_json::json!([pool.active, pool.down]));
     assert_eq!(
         json["summary"],
-        serde_json::json!({"servers": 4, "in_all": 2, "listening": 2, "draining": 1})
+        serde_json::json!({"servers": 4, "in_all": 2, "listening": 2, "draining": 1, "queue_full": 0})
     );
     let servers = json["servers"].as_array().expect("servers");
     assert_eq!(servers.len(), 4);
@@ -393,6 +394,11 @@ fn status_json_is_for_scripts() {
         "{active}"
     );
     assert_eq!(active["state"], "active");
+    assert_eq!(active["accept_queue"], 0);
+    assert!(
+        active["backlog"].as_u64().is_some_and(|b| b > 0),
+        "{active}"
+    );
     let states: Vec<&str> = servers
         .iter()
         .map(|s| s["state"].as_str().expect("state"))
@@ -445,4 +451,44 @@ fn status_shows_a_port_all_lists_without_a_name() {
         .clone();
     assert_eq!(last["port"], 3011);
     assert!(last["name"].is_null());
+}
+
+#[test]
+fn status_shows_a_vm_whose_accept_queue_is_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A VM that accepts nothing: its queue fills up.
+    let stuck = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = stuck.local_addr().expect("addr").port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut table = vmpool::listen_table::ListenTable::open().expect("sock_diag");
+    let mut queued = Vec::new();
+    loop {
+        let listeners = table.listeners(port).expect("listeners");
+        let l = listeners
+            .iter()
+            .find(|l| l.addr == addr)
+            .expect("listening");
+        if l.accept_queue > l.backlog {
+            break;
+        }
+        if let Ok(c) =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+        {
+            queued.push(c);
+        }
+        assert!(queued.len() < 10_000);
+    }
+    let file = dir.path().join("balance.conf");
+    std::fs::write(&file, format!("app{port} {port}\nALL {port}\n")).expect("write");
+    let out = run(&["status", s(&file)]);
+    let table = stdout(&out);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&format!("app{port} ")))
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3..5], ["yes", "full"], "{table}");
+    assert!(table.contains("1 with a full accept queue"), "{table}");
+    drop(queued);
 }
