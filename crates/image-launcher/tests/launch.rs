@@ -223,21 +223,28 @@ fn kill_and_reap(pid: u32) {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let mut vms: Vec<u32> = self.ports.iter().flat_map(|&p| Pool::vms_on(p)).collect();
-        vms.extend(self.ports.iter().filter_map(|&p| {
-            PidRecord::read(&self.pid_dir(), p)
-                .ok()
-                .flatten()
-                .map(|r| r.pid)
-        }));
-        vms.sort_unstable();
-        vms.dedup();
-        // Launchers first, so none relaunches what we kill.
+        // Launchers first (a launch under way ends before its launcher
+        // exits), so that none starts a VM after the scan below.
         for launcher in self.launchers.drain(..) {
             let _ = launcher.finish(Duration::from_secs(2));
         }
-        for pid in vms {
-            kill_and_reap(pid);
+        // Then every process running this pool's own copy of demo-vm, until
+        // none has been seen for a while.
+        let exe = self.demo_vm();
+        let mut quiet_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while quiet_since.elapsed() < Duration::from_millis(200) && Instant::now() < deadline {
+            let running = fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe));
+            for pid in running.collect::<Vec<_>>() {
+                kill_and_reap(pid);
+                quiet_since = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

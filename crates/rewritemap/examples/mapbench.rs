@@ -33,17 +33,33 @@
 //! that its accept queue never fills even at tens of thousands of probes a
 //! second, and rewrites C with the number of connections accepted so far
 //! every 20 ms. It runs until killed.
+//!
+//! # A launch, timed against the port
+//! `mapbench launch --key PORT [--ready-key K]... [--expect T] -- PROGRAM ARGS`
+//! measures one lookup of a port that nothing listens on yet (a launcher's
+//! key), against the moment that port starts listening: a thread connects
+//! to `127.0.0.1:PORT` every `--poll-us` until a connection is accepted. The
+//! `--ready-key`s are asked first (answers not checked), so that the
+//! program's own start-up is not measured, as Apache starts its maps long
+//! before the first request. It prints one JSON line: `answer`, `answer_ms`
+//! (key written to answer read), `port_open_ms` (key written to the port
+//! opening; `null` if it did not open within `--open-wait-ms` after the
+//! answer), `open_to_answer_ms` (answer_ms - port_open_ms; negative when the
+//! answer came first), `open_window_us` and the map's `peak_rss_kb` and
+//! `rss_kb` after the lookup. The port opened between the last refused
+//! connect and the accepted one, `open_window_us` apart; `port_open_ms` is
+//! the earlier of the two, so `open_to_answer_ms` is an upper bound.
 
 // Printing the result line is this program's whole job.
 #![allow(clippy::print_stdout)]
 
 use std::ffi::OsString;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -109,6 +125,45 @@ struct ListenArgs {
     threads: usize,
 }
 
+/// `mapbench launch`: one lookup of a port nothing listens on yet, timed
+/// against the moment the port starts listening.
+#[derive(Debug, Parser)]
+#[command(name = "mapbench launch")]
+struct LaunchArgs {
+    /// The key: a loopback port nothing listens on yet.
+    #[arg(long, value_name = "PORT")]
+    key: u16,
+
+    /// Asked before the measured lookup, answer not checked, so that the
+    /// program is up and reading; repeat for several.
+    #[arg(long = "ready-key", value_name = "KEY")]
+    ready_keys: Vec<String>,
+
+    /// The answer must equal this; `{key}` stands for the key.
+    #[arg(long, value_name = "TEMPLATE")]
+    expect: Option<String>,
+
+    /// How often the port is tried with a connect.
+    #[arg(long, value_name = "US", default_value_t = 100)]
+    poll_us: u64,
+
+    /// Give up on the answer after this long.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    timeout_ms: u64,
+
+    /// After the answer, wait at most this long for the port to open.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    open_wait_ms: u64,
+
+    /// A name for this run, copied into the JSON line.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    label: String,
+
+    /// The map program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+    command: Vec<OsString>,
+}
+
 /// The check applied to every answer.
 enum Expect {
     Any,
@@ -141,6 +196,19 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("mapbench listen: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "launch") {
+        let args = LaunchArgs::parse_from(std::env::args_os().skip(1));
+        return match launch(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("mapbench launch: {message}");
                 ExitCode::FAILURE
             }
         };
@@ -269,6 +337,153 @@ fn run(args: &Args) -> Result<String, String> {
         "cpu_us_per_lookup": cpu_us_per_lookup,
     });
     Ok(line.to_string())
+}
+
+/// Runs `mapbench launch` and returns the JSON result line.
+fn launch(args: &LaunchArgs) -> Result<String, String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.key));
+    if port_accepts(addr) {
+        return Err(format!("{addr} already listens: nothing to launch"));
+    }
+    let (program, program_args) = args
+        .command
+        .split_first()
+        .ok_or("no program given after --")?;
+    let shown = args
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut map = MapProcess::spawn(program, program_args)
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    for key in &args.ready_keys {
+        map.ask(key, timeout).map_err(|e| {
+            format!(
+                "ready key {key:?}: {e}\n--- stderr of {shown} ---\n{}",
+                map.stderr()
+            )
+        })?;
+    }
+    let watch = PortWatch::start(addr, Duration::from_micros(args.poll_us))
+        .map_err(|e| format!("cannot start the port watcher: {e}"))?;
+    let key = args.key.to_string();
+    let sent = Instant::now();
+    let asked = map.ask(&key, timeout);
+    let answered = Instant::now();
+    let memory = read_status(map.pid());
+    let (answer, _) = asked.map_err(|e| {
+        format!(
+            "key {key}: {e}\n--- stderr of {shown} ---\n{}",
+            map.stderr()
+        )
+    })?;
+    if let Some(template) = &args.expect
+        && answer != template.replace("{key}", &key)
+    {
+        return Err(format!(
+            "WRONG ANSWER: key {key} got {answer:?}, expected {:?}\n--- stderr of {shown} ---\n{}",
+            template.replace("{key}", &key),
+            map.stderr()
+        ));
+    }
+    let opened = watch.wait(answered + Duration::from_millis(args.open_wait_ms));
+    let (status, stderr) = map
+        .finish(Duration::from_secs(5))
+        .map_err(|e| format!("waiting for {shown} to exit: {e}"))?;
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => return Err(format!("{shown} exited with {s} on EOF\n{stderr}")),
+        None => return Err(format!("{shown} did not exit within 5 s of EOF\n{stderr}")),
+    }
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1000.0;
+    let signed_ms = |from: Instant, to: Instant| match to.checked_duration_since(from) {
+        Some(d) => ms(d),
+        None => -ms(from - to),
+    };
+    let line = serde_json::json!({
+        "label": args.label,
+        "key": key,
+        "answer": answer,
+        "answer_ms": ms(answered - sent),
+        "port_open_ms": opened.map(|o| signed_ms(sent, o.after)),
+        "open_to_answer_ms": opened.map(|o| signed_ms(o.after, answered)),
+        "open_window_us": opened.map(|o| round1((o.before - o.after).as_secs_f64() * 1e6)),
+        "peak_rss_kb": memory.peak_rss_kb,
+        "rss_kb": memory.rss_kb,
+    });
+    Ok(line.to_string())
+}
+
+/// True if a connection to `addr` is accepted (by the kernel, for a
+/// listening socket); a refused connect on loopback fails at once. A
+/// connect whose source port happens to be the port itself connects to
+/// itself (TCP simultaneous open) with nothing listening: not counted.
+fn port_accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        .is_ok_and(|s| s.local_addr().is_ok_and(|local| local != addr))
+}
+
+/// When a port started listening: after `after` (a connect was refused
+/// then) and before `before` (a connect started then was accepted).
+#[derive(Debug, Clone, Copy)]
+struct Opened {
+    after: Instant,
+    before: Instant,
+}
+
+/// A thread that tries a port with a connect every `every` until one is
+/// accepted; dropped, it stops at its next try.
+struct PortWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Option<Opened>>>,
+}
+
+impl PortWatch {
+    fn start(addr: SocketAddr, every: Duration) -> std::io::Result<PortWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("port-watch".into())
+            .spawn(move || {
+                let mut refused_at = Instant::now();
+                loop {
+                    let tried_at = Instant::now();
+                    if port_accepts(addr) {
+                        return Some(Opened {
+                            after: refused_at,
+                            before: tried_at,
+                        });
+                    }
+                    refused_at = tried_at;
+                    if stopped.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    thread::sleep(every);
+                }
+            })?;
+        Ok(PortWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits until the port opens or `deadline` passes.
+    fn wait(mut self, deadline: Instant) -> Option<Opened> {
+        let thread = self.thread.take()?;
+        while !thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        thread.join().ok().flatten()
+    }
+}
+
+impl Drop for PortWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Nearest-rank percentile of sorted samples.

@@ -26,8 +26,12 @@ use crate::listen_table::ListenTable;
 
 /// Connects to `addr` within `timeout`; true if the connection was accepted
 /// by the kernel on behalf of a listening socket.
+///
+/// A connection whose two ends are the same address is not a listener: on
+/// a port of the ephemeral range, the kernel may pick that very port as the
+/// source and connect the socket to itself (TCP simultaneous open).
 pub fn connect_probe(addr: SocketAddr, timeout: Duration) -> bool {
-    TcpStream::connect_timeout(&addr, timeout).is_ok()
+    TcpStream::connect_timeout(&addr, timeout).is_ok_and(|s| s.local_addr().ok() != Some(addr))
 }
 
 /// How a [`Prober`] learns that a port is listening.
