@@ -293,6 +293,10 @@ impl Stack {
                 found.push((pid, stat.ppid as u32, name.to_owned()));
             }
         }
+        // A launcher's child between fork and exec still runs the launcher's
+        // binary: it is a VM being born, not a map.
+        let pids: Vec<u32> = found.iter().map(|&(pid, _, _)| pid).collect();
+        found.retain(|(_, ppid, _)| !pids.contains(ppid));
         found.sort();
         found
     }

@@ -81,7 +81,9 @@ fn after_kill_9_of_its_vm_a_session_gets_a_live_vm_and_a_new_cookie() {
     let stack = Stack::start(Options::default());
     let (mut client, port) = new_session(&stack);
     let old_session = client.cookies.get("session").cloned();
-    let record = stack.record(port).expect("pid record");
+    let record = stack
+        .record(port)
+        .unwrap_or_else(|| panic!("no pid record for {port}\n{}", stack.error_log()));
     e2e::stack::kill_and_reap(record.pid, Signal::SIGKILL);
     assert!(wait_until(BOUND, || {
         !vmpool::connect_probe(([127, 0, 0, 1], port).into(), Duration::from_millis(100))

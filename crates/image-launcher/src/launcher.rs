@@ -105,16 +105,60 @@ impl Launcher {
                 Cover::ColdPool => {}
             }
         }
-        if let Launch::BackingOff(left) = launch {
-            tracing::warn!(
-                "port {port}: its VM keeps failing to start; no launch for {left:?}; answering {NULL}"
-            );
-            return Ok(NULL.to_owned());
-        }
+        // A cold pool (or --wait): wait for the key's VM, or, while the key's
+        // port backs off, for another port's (never the key's, with --wait).
+        let (port, epoch) = match launch {
+            Launch::UnderWay => (port, epoch),
+            Launch::BackingOff(left) => {
+                let substitute = if self.config().wait {
+                    None
+                } else {
+                    self.substitute_for(port)
+                };
+                let Some((other, epoch)) = substitute else {
+                    tracing::warn!(
+                        "port {port}: its VM keeps failing to start; no launch for {left:?}; answering {NULL}"
+                    );
+                    return Ok(NULL.to_owned());
+                };
+                tracing::warn!(
+                    "port {port}: its VM keeps failing to start (no launch for {left:?}); launching {other} instead"
+                );
+                (other, epoch)
+            }
+        };
         Ok(match self.wait_for(port, epoch) {
             Some(port) => port.to_string(),
             None => NULL.to_owned(),
         })
+    }
+
+    /// In a cold pool, when the key's port backs off: another port of the
+    /// active set (or pool) whose launch starts (or is under way), in random
+    /// order, with its failure epoch from before the launch.
+    fn substitute_for(&mut self, port: u16) -> Option<(u16, u64)> {
+        let mut candidates = self.active_ports();
+        candidates.retain(|&p| p != port);
+        self.rng.shuffle(&mut candidates);
+        candidates.into_iter().find_map(|other| {
+            let epoch = self.shared.table.read(other, |s| s.failure_epoch);
+            matches!(self.launch(other), Launch::UnderWay).then_some((other, epoch))
+        })
+    }
+
+    /// The active set (the server map's ALL, with `--balance`) within the
+    /// pool, or the pool.
+    fn active_ports(&mut self) -> Vec<u16> {
+        let pool = &self.shared.config.ports;
+        let active = self
+            .balance
+            .as_mut()
+            .map(|map| map.current().active_ports())
+            .filter(|active| !active.is_empty());
+        match active {
+            Some(active) => active.into_iter().filter(|&p| pool.contains(p)).collect(),
+            None => pool.ports().to_vec(),
+        }
     }
 
     /// Starts a background launch for `port` unless one is under way, the
@@ -157,19 +201,8 @@ impl Launcher {
     /// active set listen.
     fn cover_for(&mut self, port: u16) -> Cover {
         let pool = self.shared.config.ports.ports().to_vec();
-        let active = self
-            .balance
-            .as_mut()
-            .map(|map| map.current().active_ports())
-            .filter(|active| !active.is_empty());
-        let candidates: Vec<u16> = match &active {
-            Some(active) => active
-                .iter()
-                .copied()
-                .filter(|&p| p != port && pool.contains(&p))
-                .collect(),
-            None => pool.iter().copied().filter(|&p| p != port).collect(),
-        };
+        let mut candidates = self.active_ports();
+        candidates.retain(|&p| p != port);
         // One question for the whole pool when the kernel's table is read.
         let listening = self.prober.listening_ports(&pool);
         let up: Vec<u16> = candidates
@@ -195,7 +228,11 @@ impl Launcher {
         let deadline = started + start_timeout;
         let mut next_check = started;
         loop {
-            if self.prober.is_listening(vm_addr(port)) {
+            // Answered only once our launch has written the VM's pid record:
+            // a VM can listen a millisecond after its spawn, before that.
+            if self.prober.is_listening(vm_addr(port))
+                && !self.shared.table.read(port, |s| s.launching)
+            {
                 tracing::debug!("port {port}: up after waiting {:?}", started.elapsed());
                 return Some(port);
             }

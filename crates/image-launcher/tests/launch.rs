@@ -912,3 +912,28 @@ fn fill_accept_queue(port: u16) -> Vec<std::net::TcpStream> {
         assert!(queued.len() < 10_000, "the accept queue never filled");
     }
 }
+
+#[test]
+fn in_a_cold_pool_a_port_that_backs_off_is_replaced_by_another() {
+    let mut pool = Pool::new(2);
+    let (broken, healthy) = (pool.ports[0], pool.ports[1]);
+    // The VM of one port cannot start; the other's can.
+    let script = format!(
+        "if [ \"$1\" = {broken} ]; then exit 1; fi; exec {} --port \"$1\"",
+        pool.demo_vm().display()
+    );
+    let mut args = pool.args(&[]);
+    args.extend(["--", "/bin/sh", "-c", &script, "vm", "{port}"].map(OsString::from));
+    let l = pool.launcher_with(args);
+    assert_eq!(pool.ask(l, &broken.to_string()).0, "NULL");
+    // The broken port backs off; a new session is not refused for that:
+    // the healthy port is launched instead, and answered.
+    let (answer, _) = pool.ask(l, &broken.to_string());
+    assert_eq!(answer, healthy.to_string(), "{}", pool.stderr(l));
+    assert!(
+        pool.stderr(l)
+            .contains(&format!("launching {healthy} instead")),
+        "{}",
+        pool.stderr(l)
+    );
+}
