@@ -748,7 +748,8 @@ fn a_vm_whose_socket_listens_is_never_killed_even_when_it_accepts_nothing() {
     assert_eq!(pool.ask(l, &port.to_string()).0, port.to_string());
     let vm = pool.record(port).expect("record");
     // Its accept queue fills up: to a connect probe, it is now down.
-    let queued = fill_accept_queue(port);
+    let queued =
+        vmpool::listen_table::fill_accept_queue(([127, 0, 0, 1], port).into()).expect("fill");
     // Past its start timeout, a lookup must not kill it: its socket listens.
     std::thread::sleep(Duration::from_millis(400));
     let _ = pool.ask(l, &port.to_string());
@@ -889,28 +890,6 @@ fn a_wait_for_another_launchers_vm_ends_when_that_vm_dies() {
         1,
         "B launched a VM"
     );
-}
-
-/// Connects to `port` until its accept queue is full (the kernel's table
-/// says so): the listener then stands for a VM too busy to accept.
-fn fill_accept_queue(port: u16) -> Vec<std::net::TcpStream> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut table = vmpool::listen_table::ListenTable::open().expect("sock_diag");
-    let mut queued = Vec::new();
-    loop {
-        let listeners = table.listeners(port).expect("listeners");
-        let listener = listeners
-            .iter()
-            .find(|l| l.addr == addr)
-            .expect("listening");
-        if listener.accept_queue > listener.backlog {
-            return queued;
-        }
-        if let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            queued.push(stream);
-        }
-        assert!(queued.len() < 10_000, "the accept queue never filled");
-    }
 }
 
 #[test]

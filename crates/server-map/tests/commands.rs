@@ -459,25 +459,8 @@ fn status_shows_a_vm_whose_accept_queue_is_full() {
     // A VM that accepts nothing: its queue fills up.
     let stuck = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = stuck.local_addr().expect("addr").port();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut table = vmpool::listen_table::ListenTable::open().expect("sock_diag");
-    let mut queued = Vec::new();
-    loop {
-        let listeners = table.listeners(port).expect("listeners");
-        let l = listeners
-            .iter()
-            .find(|l| l.addr == addr)
-            .expect("listening");
-        if l.accept_queue > l.backlog {
-            break;
-        }
-        if let Ok(c) =
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
-        {
-            queued.push(c);
-        }
-        assert!(queued.len() < 10_000);
-    }
+    let queued =
+        vmpool::listen_table::fill_accept_queue(([127, 0, 0, 1], port).into()).expect("fill");
     let file = dir.path().join("balance.conf");
     std::fs::write(&file, format!("app{port} {port}\nALL {port}\n")).expect("write");
     let out = run(&["status", s(&file)]);

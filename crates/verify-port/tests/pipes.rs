@@ -96,33 +96,12 @@ fn the_connect_probe_costs_the_vm_an_accept_and_the_listen_table_does_not() {
     assert_eq!(accepted(&vm), 5, "each connect probe is one connection");
 }
 
-/// Connects to `port` until its accept queue is full (the kernel's table
-/// says so): the listener then stands for a VM too busy to accept.
-fn fill_accept_queue(port: u16) -> Vec<std::net::TcpStream> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut table = vmpool::listen_table::ListenTable::open().expect("sock_diag");
-    let mut queued = Vec::new();
-    loop {
-        let listeners = table.listeners(port).expect("listeners");
-        let listener = listeners
-            .iter()
-            .find(|l| l.addr == addr)
-            .expect("listening");
-        if listener.accept_queue > listener.backlog {
-            return queued;
-        }
-        if let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            queued.push(stream);
-        }
-        assert!(queued.len() < 10_000, "the accept queue never filled");
-    }
-}
-
 #[test]
 fn a_vm_too_busy_to_accept_is_open_by_default_and_closed_to_a_connect_probe() {
     // A listener that never accepts, its queue full: a busy single-threaded VM.
     let (_vm, port) = listen("127.0.0.1:0");
-    let _queued = fill_accept_queue(port);
+    let _queued =
+        vmpool::listen_table::fill_accept_queue(([127, 0, 0, 1], port).into()).expect("fill");
     let mut map = start(&[]);
     assert_eq!(ask(&mut map, &port.to_string()), format!("open{port}"));
     let mut connect = start(&["--probe", "connect", "--timeout-ms", "100"]);
