@@ -105,8 +105,9 @@ impl Launcher {
                 Cover::ColdPool => {}
             }
         }
-        // A cold pool (or --wait): wait for the key's VM, or, while the key's
-        // port backs off, for another port's (never the key's, with --wait).
+        // A cold pool (or --wait): wait for the key's VM; while the key's port
+        // backs off, for another port's instead (but --wait always means the
+        // key's own).
         let (port, epoch) = match launch {
             Launch::UnderWay => (port, epoch),
             Launch::BackingOff(left) => {
