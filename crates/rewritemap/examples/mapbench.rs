@@ -243,18 +243,7 @@ fn run(args: &Args) -> Result<String, String> {
         (None, Some(p)) => Expect::Prefix(p.clone()),
         (None, None) => Expect::Any,
     };
-    let (program, program_args) = args
-        .command
-        .split_first()
-        .ok_or("no program given after --")?;
-    let shown = args
-        .command
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut map = MapProcess::spawn(program, program_args)
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let (mut map, shown) = start_map(&args.command)?;
     let pid = map.pid();
     let timeout = Duration::from_millis(args.timeout_ms);
     let lookups_cap = match (args.lookups, args.duration_s) {
@@ -339,24 +328,27 @@ fn run(args: &Args) -> Result<String, String> {
     Ok(line.to_string())
 }
 
+/// Starts the map program `command` (program and arguments) as Apache
+/// does; returns it and its command line for messages.
+fn start_map(command: &[OsString]) -> Result<(MapProcess, String), String> {
+    let (program, program_args) = command.split_first().ok_or("no program given after --")?;
+    let shown = command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let map = MapProcess::spawn(program, program_args)
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    Ok((map, shown))
+}
+
 /// Runs `mapbench launch` and returns the JSON result line.
 fn launch(args: &LaunchArgs) -> Result<String, String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.key));
     if port_accepts(addr) {
         return Err(format!("{addr} already listens: nothing to launch"));
     }
-    let (program, program_args) = args
-        .command
-        .split_first()
-        .ok_or("no program given after --")?;
-    let shown = args
-        .command
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut map = MapProcess::spawn(program, program_args)
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let (mut map, shown) = start_map(&args.command)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     for key in &args.ready_keys {
         map.ask(key, timeout).map_err(|e| {
