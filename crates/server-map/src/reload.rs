@@ -236,11 +236,6 @@ impl ReloadingMap {
         map
     }
 
-    /// The path being followed.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The map to answer from: the file as it is now, or the last good map
     /// if the file is not usable. One `stat` when nothing changed.
     pub fn current(&mut self) -> &MapFile {

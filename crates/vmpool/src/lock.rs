@@ -19,7 +19,6 @@ use crate::files;
 #[derive(Debug)]
 pub struct PortLock {
     file: File,
-    port: u16,
 }
 
 impl PortLock {
@@ -39,7 +38,7 @@ impl PortLock {
                 .truncate(false),
         )?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(PortLock { file, port })),
+            Ok(()) => Ok(Some(PortLock { file })),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(e),
         }
@@ -57,11 +56,6 @@ impl PortLock {
             }
             thread::sleep(Duration::from_millis(1));
         }
-    }
-
-    /// The locked port.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 }
 

@@ -200,14 +200,6 @@ impl PidRecord {
         written
     }
 
-    /// Removes the record for `port`, if any.
-    pub fn remove(dir: &Path, port: u16) -> io::Result<()> {
-        match fs::remove_file(Self::path(dir, port)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
     /// Checks the recorded process against `/proc`.
     pub fn liveness(&self) -> io::Result<Liveness> {
         if self.boot_id != boot_id() {

@@ -70,7 +70,6 @@ impl fmt::Display for ProbeMethod {
 /// timeout, keeping the netlink socket open between questions.
 #[derive(Debug)]
 pub struct Prober {
-    method: ProbeMethod,
     timeout: Duration,
     table: Option<ListenTable>,
     /// After a failure of the table: when to try opening it again.
@@ -87,7 +86,6 @@ impl Prober {
     /// tries the table again later.
     pub fn new(method: ProbeMethod, timeout: Duration) -> Prober {
         let mut prober = Prober {
-            method,
             timeout,
             table: None,
             reopen_at: None,
@@ -123,11 +121,6 @@ impl Prober {
             self.open_table();
         }
         self.table.as_mut()
-    }
-
-    /// The method asked for.
-    pub fn method(&self) -> ProbeMethod {
-        self.method
     }
 
     /// The connect timeout.
