@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod http;
+pub mod skip;
 pub mod stack;
 
 pub use http::{Client, Response, VmReply, request};
