@@ -5,9 +5,20 @@
 
 #![deny(missing_docs)]
 
+pub mod apache;
 pub mod http;
 pub mod skip;
 pub mod stack;
 
 pub use http::{Client, Response, VmReply, request};
 pub use stack::{Options, Stack, wait_until};
+
+/// `n` distinct free loopback ports.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    rewritemap::client::free_loopback_ports(n)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}

@@ -73,6 +73,8 @@ pub struct Options {
     pub vm_args: Vec<String>,
     /// The launcher's start timeout.
     pub start_timeout_ms: u64,
+    /// The classic three-`prg:` rules of 2008 instead of the live map.
+    pub classic: bool,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             ports: 6,
             vm_args: Vec::new(),
             start_timeout_ms: 10_000,
+            classic: false,
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct Stack {
     apache: Child,
     /// The VM command, with `{port}`.
     vm_cmd: Vec<String>,
+    /// How many map programs Apache runs.
+    pub maps: usize,
 }
 
 /// Polls `done` every 5 ms for at most `timeout`; false on timeout.
@@ -117,7 +122,7 @@ impl Stack {
     pub fn start(options: Options) -> Stack {
         nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut all = rewritemap::client::free_loopback_ports(options.ports + 1);
+        let mut all = crate::free_ports(options.ports + 1);
         let http_port = all.pop().expect("a port for Apache");
         let ports = all;
         let state = dir.path().to_path_buf();
@@ -128,17 +133,19 @@ impl Stack {
         ];
         vm_cmd.extend(options.vm_args.iter().cloned());
         let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-        let init = Command::new(repo().join("scripts/private-apache"))
-            .arg("init")
+        let mut init = Command::new(repo().join("scripts/private-apache"));
+        init.arg("init")
             .arg(&state)
             .args(["--http-port", &http_port.to_string()])
             .args(["--ports", &list.join(",")])
             .arg("--bin")
             .arg(binaries())
             .args(["--vm-cmd", &vm_cmd.join(" ")])
-            .args(["--start-timeout-ms", &options.start_timeout_ms.to_string()])
-            .output()
-            .expect("run scripts/private-apache init");
+            .args(["--start-timeout-ms", &options.start_timeout_ms.to_string()]);
+        if options.classic {
+            init.arg("--classic");
+        }
+        let init = init.output().expect("run scripts/private-apache init");
         assert!(
             init.status.success(),
             "private-apache init failed:\n{}",
@@ -160,14 +167,18 @@ impl Stack {
             addr,
             apache,
             vm_cmd,
+            maps: if options.classic { 3 } else { 1 },
         };
         let up = wait_until(Duration::from_secs(15), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
         });
         assert!(up, "Apache did not start:\n{}", stack.error_log());
-        // Wait for the three map programs too, so tests start from a
-        // steady state.
-        let maps = wait_until(Duration::from_secs(10), || stack.map_programs().len() == 3);
+        // Wait for the map programs too (and the live map's first version),
+        // so tests start from a steady state.
+        let maps = wait_until(Duration::from_secs(10), || {
+            stack.map_programs().len() == stack.maps
+                && (options.classic || stack.live_map().contains("image-launcher (pid"))
+        });
         assert!(
             maps,
             "map programs: {:?}\n{}",
@@ -191,6 +202,11 @@ impl Stack {
     /// Set B: the second half.
     pub fn set_b(&self) -> &[u16] {
         &self.ports[self.ports.len().div_ceil(2)..]
+    }
+
+    /// The live map as published now.
+    pub fn live_map(&self) -> String {
+        fs::read_to_string(self.state().join("lib/live.map")).unwrap_or_default()
     }
 
     /// Apache's error log (where the map programs' stderr goes).
@@ -314,7 +330,8 @@ impl Stack {
     }
 }
 
-fn apache_bin() -> &'static str {
+/// The Apache binary (Debian's, or httpd).
+pub fn apache_bin() -> &'static str {
     if Path::new("/usr/sbin/apache2").exists() {
         "/usr/sbin/apache2"
     } else {

@@ -1,7 +1,8 @@
 //! End to end, through a real Apache 2.4 configured from the shipped
-//! `apache-conf/seaside-pool.conf`: static files, sticky sessions, a VM
-//! killed, a cut-over under load, forged cookies, no stall while a VM
-//! starts, a graceful restart under load, the error log, and the 503 page.
+//! `apache-conf/seaside-pool.conf`: with its default rules (the live map:
+//! no `prg:` lookup for a sticky request, nor for a new session on a warm
+//! set) and, where the behaviour is the same, with the classic three-`prg:`
+//! rules of 2008 (`Define SEASIDE_CLASSIC_RULES`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,6 +15,16 @@ use nix::sys::signal::Signal;
 
 const BOUND: Duration = Duration::from_secs(20);
 
+/// Both variants of the rules.
+const VARIANTS: [bool; 2] = [false, true];
+
+fn variant(classic: bool) -> Options {
+    Options {
+        classic,
+        ..Options::default()
+    }
+}
+
 /// A new session: its client and the VM port that took it.
 fn new_session(stack: &Stack) -> (Client, u16) {
     let mut client = Client::new(stack.addr);
@@ -22,6 +33,16 @@ fn new_session(stack: &Stack) -> (Client, u16) {
     let vm = response.vm().expect("a VM answered");
     assert_eq!(client.server(), Some(format!("app{}", vm.port).as_str()));
     (client, vm.port)
+}
+
+/// `appNNNN PORT` lines of the live map now.
+fn live_servers(stack: &Stack) -> BTreeSet<u16> {
+    stack
+        .live_map()
+        .lines()
+        .filter(|l| l.starts_with("app"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -36,6 +57,7 @@ fn static_files_are_served_by_apache_without_any_vm() {
             .is_some_and(|v| v.contains("max-age=864000")),
         "{css:?}"
     );
+    assert!(css.set_cookies().is_empty(), "a VM answered: {css:?}");
     let page =
         request(stack.addr, "/index.html", &["Accept-Encoding: gzip".into()]).expect("request");
     assert_eq!(page.status, 200);
@@ -43,55 +65,102 @@ fn static_files_are_served_by_apache_without_any_vm() {
     // A path that only starts like the application's is not the application.
     let other = request(stack.addr, "/apple", &[]).expect("request");
     assert_eq!(other.status, 404, "{other:?}");
-    assert!(stack.vms().is_empty(), "a VM was launched for static files");
-    assert!(stack.ports.iter().all(|&p| stack.record(p).is_none()));
 }
 
 #[test]
 fn a_session_gets_a_server_cookie_and_stays_on_its_vm() {
-    let stack = Stack::start(Options::default());
-    let (mut client, port) = new_session(&stack);
-    assert!(
-        stack.set_a().contains(&port),
-        "{port} is not in set A {:?}",
-        stack.set_a()
-    );
-    let session = client
-        .cookies
-        .get("session")
-        .cloned()
-        .expect("session cookie");
-    for hit in 2..=21 {
-        let response = client.get(&format!("/app/page/{hit}")).expect("request");
-        assert_eq!(response.status, 200);
-        let vm = response.vm().expect("VM reply");
+    for classic in VARIANTS {
+        let stack = Stack::start(variant(classic));
+        let (mut client, port) = new_session(&stack);
+        assert!(
+            stack.set_a().contains(&port),
+            "{port} is not in set A {:?}",
+            stack.set_a()
+        );
+        let session = client
+            .cookies
+            .get("session")
+            .cloned()
+            .expect("session cookie");
+        for hit in 2..=21 {
+            let response = client.get(&format!("/app/page/{hit}")).expect("request");
+            assert_eq!(response.status, 200, "classic={classic}");
+            let vm = response.vm().expect("VM reply");
+            assert_eq!(
+                (vm.port, vm.session.as_str(), vm.hits),
+                (port, session.as_str(), hit),
+                "classic={classic}"
+            );
+            assert!(
+                !response.set_cookies().iter().any(|(n, _)| n == "server"),
+                "cookie reset on hit {hit}"
+            );
+        }
+    }
+}
+
+#[test]
+fn twenty_new_sessions_on_a_cold_pool_each_reach_their_vm_on_the_next_request() {
+    // Slow VMs: the launcher's prestart, the lookups and the map's writer
+    // all work at once, the worst moment for a new session's second request.
+    let stack = Stack::start(Options {
+        vm_args: vec!["--start-delay-ms".into(), "200".into()],
+        ..Options::default()
+    });
+    for n in 0..20 {
+        let (mut client, port) = new_session(&stack);
+        let session = client.cookies["session"].clone();
+        let next = client.get("/app/next").expect("request");
+        assert_eq!(
+            next.status,
+            200,
+            "session {n}: {next:?}\n{}",
+            stack.error_log()
+        );
+        let vm = next.vm().expect("VM reply");
         assert_eq!(
             (vm.port, vm.session.as_str(), vm.hits),
-            (port, session.as_str(), hit)
-        );
-        assert!(
-            !response.set_cookies().iter().any(|(n, _)| n == "server"),
-            "cookie reset on hit {hit}"
+            (port, session.as_str(), 2),
+            "session {n} lost its VM on its second request"
         );
     }
 }
 
 #[test]
-fn after_kill_9_of_its_vm_a_session_gets_a_live_vm_and_a_new_cookie() {
+fn after_kill_9_of_its_vm_a_session_fails_at_most_once_then_gets_a_live_vm() {
     let stack = Stack::start(Options::default());
     let (mut client, port) = new_session(&stack);
     let old_session = client.cookies.get("session").cloned();
     let record = stack
         .record(port)
         .unwrap_or_else(|| panic!("no pid record for {port}\n{}", stack.error_log()));
-    e2e::stack::kill_and_reap(record.pid, Signal::SIGKILL);
-    assert!(wait_until(BOUND, || {
-        !vmpool::connect_probe(([127, 0, 0, 1], port).into(), Duration::from_millis(100))
-    }));
-    let response = client.get("/app/after-crash").expect("request");
-    assert_eq!(response.status, 200, "{response:?}\n{}", stack.error_log());
-
-    let vm = response.vm().expect("VM reply");
+    // A sticky request every 10 ms; the VM dies in the middle.
+    let mut failed = 0;
+    let mut moved = None;
+    let started = Instant::now();
+    let mut killed = false;
+    while moved.is_none() {
+        assert!(started.elapsed() < BOUND, "the session never moved");
+        if !killed && started.elapsed() > Duration::from_millis(200) {
+            e2e::stack::kill_and_reap(record.pid, Signal::SIGKILL);
+            killed = true;
+        }
+        let response = client.get("/app/tick").expect("request");
+        match response.vm() {
+            Some(vm) if response.status == 200 && vm.port == port => {
+                assert!(!killed || vm.session == *old_session.as_ref().expect("session"));
+            }
+            Some(vm) if response.status == 200 => moved = Some((vm, response)),
+            _ => failed += 1,
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        failed <= 1,
+        "{failed} failed requests\n{}",
+        stack.error_log()
+    );
+    let (vm, response) = moved.expect("moved");
     assert!(vm.new, "a new session");
     assert_ne!(Some(vm.session.clone()), old_session);
     assert!(
@@ -99,6 +168,37 @@ fn after_kill_9_of_its_vm_a_session_gets_a_live_vm_and_a_new_cookie() {
         "a new cookie: {response:?}"
     );
     assert!(stack.ports.contains(&vm.port));
+    // And it sticks to its new VM.
+    let again = client.get("/app/again").expect("request");
+    assert_eq!(again.vm().map(|v| (v.port, v.hits)), Some((vm.port, 2)));
+}
+
+#[test]
+fn a_vm_started_by_an_earlier_apache_generation_that_dies_leaves_the_map_at_once() {
+    let stack = Stack::start(Options::default());
+    let (_, port) = new_session(&stack);
+    let launcher = stack.map_programs();
+    stack.graceful();
+    assert!(wait_until(BOUND, || {
+        let now = stack.map_programs();
+        now.len() == 1 && now != launcher
+    }));
+    // The new launcher writes the map now; the VM is the old one's.
+    let new_pid = stack.map_programs()[0].0;
+    assert!(
+        wait_until(BOUND, || stack
+            .live_map()
+            .contains(&format!("(pid {new_pid})"))),
+        "{}",
+        stack.live_map()
+    );
+    assert!(live_servers(&stack).contains(&port));
+    let vm = stack.record(port).expect("record");
+    let killed = Instant::now();
+    e2e::stack::kill_and_reap(vm.pid, Signal::SIGKILL);
+    assert!(wait_until(BOUND, || !live_servers(&stack).contains(&port)));
+    let took = killed.elapsed();
+    eprintln!("an earlier generation's VM left the live map {took:?} after kill -9");
 }
 
 /// Load of several threads until `stop`: sticky requests for each client.
@@ -147,108 +247,178 @@ fn sticky_load(
         .collect()
 }
 
+/// Joins the load threads; the ports they saw.
+fn join_load(load: Vec<thread::JoinHandle<Vec<(u16, u16)>>>) -> BTreeSet<u16> {
+    load.into_iter()
+        .flat_map(|h| h.join().expect("load thread"))
+        .map(|(port, _)| port)
+        .collect()
+}
+
 #[test]
 fn a_cut_over_under_load_sends_new_sessions_to_set_b_and_keeps_old_ones() {
-    let stack = Stack::start(Options::default());
-    let sessions: Vec<(Client, u16)> = (0..6).map(|_| new_session(&stack)).collect();
-    let on_a: BTreeMap<String, u16> = sessions
-        .iter()
-        .map(|(c, p)| (c.cookies["session"].clone(), *p))
-        .collect();
-    assert!(on_a.values().all(|p| stack.set_a().contains(p)));
+    for classic in VARIANTS {
+        let stack = Stack::start(variant(classic));
+        let sessions: Vec<(Client, u16)> = (0..6).map(|_| new_session(&stack)).collect();
+        let on_a: BTreeMap<String, u16> = sessions
+            .iter()
+            .map(|(c, p)| (c.cookies["session"].clone(), *p))
+            .collect();
+        assert!(on_a.values().all(|p| stack.set_a().contains(p)));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = sticky_load(
-        sessions.iter().map(|(c, _)| c.clone()).collect(),
-        stop.clone(),
-        failures.clone(),
-        done.clone(),
-    );
-    thread::sleep(Duration::from_millis(300));
-    // As the operations guide says: start the B set, then switch.
-    stack.prestart(stack.set_b());
-    stack.copy_balance('B');
-    // New sessions, from now on: only set B.
-    let mut new_ports = BTreeSet::new();
-    for _ in 0..20 {
-        let (_, port) = new_session(&stack);
-        new_ports.insert(port);
-    }
-    thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let mut sticky_ports = BTreeSet::new();
-    for handle in load {
-        sticky_ports.extend(
-            handle
-                .join()
-                .expect("load thread")
-                .into_iter()
-                .map(|(p, _)| p),
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let load = sticky_load(
+            sessions.iter().map(|(c, _)| c.clone()).collect(),
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
         );
+        assert!(wait_until(BOUND, || done.load(Ordering::SeqCst) > 20));
+        // As the operations guide says: start the B set, then switch.
+        stack.prestart(stack.set_b());
+        stack.copy_balance('B');
+        if !classic {
+            // The live map follows the file within milliseconds (inotify);
+            // a new session in between still goes to set A.
+            let copied = Instant::now();
+            let all_b: Vec<String> = stack.set_b().iter().map(u16::to_string).collect();
+            let all_b = format!("\nALL {}\n", all_b.join("|"));
+            assert!(wait_until(BOUND, || stack.live_map().contains(&all_b)));
+            eprintln!(
+                "the live map followed the cut-over in {:?}",
+                copied.elapsed()
+            );
+        }
+        // New sessions, from now on: only set B.
+        let mut new_ports = BTreeSet::new();
+        for _ in 0..20 {
+            let (_, port) = new_session(&stack);
+            new_ports.insert(port);
+        }
+        let before = done.load(Ordering::SeqCst);
+        assert!(wait_until(BOUND, || done.load(Ordering::SeqCst) > before + 20));
+        stop.store(true, Ordering::SeqCst);
+        let sticky_ports = join_load(load);
+        assert!(
+            new_ports.iter().all(|p| stack.set_b().contains(p)),
+            "classic={classic}: new sessions on {new_ports:?}, set B is {:?}",
+            stack.set_b()
+        );
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            0,
+            "classic={classic}: failed requests during the cut-over"
+        );
+        let a_ports: BTreeSet<u16> = on_a.values().copied().collect();
+        assert_eq!(sticky_ports, a_ports, "old sessions left their A VMs");
+    }
+}
+
+#[test]
+fn a_cut_over_to_a_set_not_started_gives_no_503_and_moves_new_sessions_once_it_listens() {
+    let stack = Stack::start(Options {
+        vm_args: vec!["--start-delay-ms".into(), "1000".into()],
+        ..Options::default()
+    });
+    // Set A up (the launcher starts it at boot), and one session on it.
+    let (_, first) = new_session(&stack);
+    assert!(stack.set_a().contains(&first));
+    assert!(wait_until(BOUND, || stack.live_map().contains("\nALL ")));
+    // Cut over by hand, the original way, without starting B first.
+    stack.copy_balance('B');
+    let switched = Instant::now();
+    let mut on_b_since = None;
+    let mut sessions = 0;
+    let mut not_200 = Vec::new();
+    while on_b_since.is_none_or(|at: Instant| at.elapsed() < Duration::from_millis(500)) {
+        assert!(
+            switched.elapsed() < BOUND,
+            "set B never took the new sessions"
+        );
+        let mut client = Client::new(stack.addr);
+        let response = client.get("/app/new").expect("request");
+        sessions += 1;
+        match response.vm() {
+            Some(vm) if response.status == 200 => {
+                let on_b = stack.set_b().contains(&vm.port);
+                if on_b_since.is_some() {
+                    assert!(on_b, "a new session on {} after B took over", vm.port);
+                } else if on_b
+                    && stack
+                        .set_b()
+                        .iter()
+                        .all(|p| live_servers(&stack).contains(p))
+                {
+                    on_b_since = Some(Instant::now());
+                }
+            }
+            _ => not_200.push(response.status),
+        }
+        thread::sleep(Duration::from_millis(5));
     }
     assert!(
-        new_ports.iter().all(|p| stack.set_b().contains(p)),
-        "new sessions on {new_ports:?}, set B is {:?}",
-        stack.set_b()
+        not_200.is_empty(),
+        "{not_200:?} among {sessions} new sessions"
     );
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "failed requests during the cut-over"
+    eprintln!(
+        "{sessions} new sessions; all of set B up {:?} after the cut-over",
+        switched.elapsed()
     );
-    assert!(
-        done.load(Ordering::SeqCst) > 50,
-        "too little load to mean anything"
-    );
-    let a_ports: BTreeSet<u16> = on_a.values().copied().collect();
-    assert_eq!(sticky_ports, a_ports, "old sessions left their A VMs");
 }
 
 #[test]
 fn forged_cookies_never_leave_the_pool_and_never_cause_a_5xx() {
-    let stack = Stack::start(Options::default());
-    let (client, port) = new_session(&stack);
-    let real = client.cookies["server"].clone();
-    let b = stack.set_b()[0];
-    let forged: Vec<Vec<String>> = vec![
-        vec!["Cookie: server=app99999".into()],
-        vec!["Cookie: server=../../etc".into()],
-        vec!["Cookie: server=app22".into()],
-        vec![format!("Cookie: server={real}x")],
-        vec![format!("Cookie: server=app{b}; server={real}")],
-        vec![
-            format!("Cookie: server={real}"),
-            format!("Cookie: server=app{b}"),
-        ],
-        vec![format!("Cookie: server=app{}", "9".repeat(10_000))],
-        vec![format!(
-            "Cookie: junk={}; server={real}",
-            "x".repeat(10_000)
-        )],
-        vec!["Cookie: server=app3001%0d%0aX-Injected: 1".into()],
-    ];
-    for headers in forged {
-        let response = request(stack.addr, "/app/forged", &headers).expect("request");
-        let shown: String = headers
-            .iter()
-            .map(|h| h.chars().take(60).collect::<String>())
-            .collect();
-        assert!(response.status < 500, "{} for {shown}", response.status);
-        if response.status == 200 {
-            let vm = response.vm().expect("VM reply");
+    for classic in VARIANTS {
+        let stack = Stack::start(variant(classic));
+        let (client, port) = new_session(&stack);
+        let real = client.cookies["server"].clone();
+        let b = stack.set_b()[0];
+        let forged: Vec<Vec<String>> = vec![
+            vec!["Cookie: server=app99999".into()],
+            vec!["Cookie: server=../../etc".into()],
+            vec!["Cookie: server=app22".into()],
+            vec!["Cookie: server=ALL".into()],
+            vec![format!("Cookie: server={real}x")],
+            vec![format!("Cookie: server=app1; server=app2")],
+            vec![format!("Cookie: server=app{b}; server={real}")],
+            vec![
+                format!("Cookie: server={real}"),
+                format!("Cookie: server=app{b}"),
+            ],
+            vec![format!("Cookie: server=app{}", "9".repeat(10_000))],
+            vec![format!(
+                "Cookie: junk={}; server={real}",
+                "x".repeat(10_000)
+            )],
+            vec!["Cookie: server=app3001%0d%0aX-Injected: 1".into()],
+        ];
+        for headers in forged {
+            let response = request(stack.addr, "/app/forged", &headers).expect("request");
+            let shown: String = headers
+                .iter()
+                .map(|h| h.chars().take(60).collect::<String>())
+                .collect();
             assert!(
-                stack.ports.contains(&vm.port),
-                "{shown} reached port {}",
-                vm.port
+                response.status < 500,
+                "classic={classic}: {} for {shown}",
+                response.status
             );
+            if response.status == 200 {
+                let vm = response.vm().expect("VM reply");
+                assert!(
+                    stack.ports.contains(&vm.port),
+                    "{shown} reached port {}",
+                    vm.port
+                );
+            }
         }
+        // The pool is still up and the real session still works.
+        let mut client = client;
+        let response = client.get("/app/still").expect("request");
+        assert_eq!(response.vm().map(|v| v.port), Some(port));
     }
-    // The pool is still up and the real session still works.
-    let mut client = client;
-    let response = client.get("/app/still").expect("request");
-    assert_eq!(response.vm().map(|v| v.port), Some(port));
 }
 
 #[test]
@@ -258,8 +428,20 @@ fn no_stall_while_a_slow_vm_starts_for_a_new_session() {
         vm_args: vec!["--start-delay-ms".into(), "3000".into()],
         ..Options::default()
     });
-    // The first session waits for the first VM (a cold pool).
+    // The first session waits for the first VM (a cold pool); the launcher
+    // starts the rest of the active set meanwhile.
     let (client, port) = new_session(&stack);
+    let other = stack
+        .set_a()
+        .iter()
+        .copied()
+        .find(|&p| p != port)
+        .expect("a second port");
+    assert!(wait_until(BOUND, || live_servers(&stack).contains(&other)));
+    // Kill the other VM: new sessions now go through the launcher, which
+    // relaunches it (3 s) while sticky and new requests flow.
+    let record = stack.record(other).expect("record");
+    e2e::stack::kill_and_reap(record.pid, Signal::SIGKILL);
     let stop = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicU64::new(0));
     let count = Arc::new(AtomicU64::new(0));
@@ -276,122 +458,123 @@ fn no_stall_while_a_slow_vm_starts_for_a_new_session() {
             }
         })
     };
-    // New sessions until one makes the launcher start another VM (3 s).
-    let other = stack
-        .set_a()
-        .iter()
-        .copied()
-        .find(|&p| p != port)
-        .expect("a second port");
     let started = Instant::now();
-    while stack.record(other).is_none() {
-        assert!(started.elapsed() < BOUND, "no launch for {other}");
-        let mut fresh = Client::new(stack.addr);
-        let r = fresh.get("/app/new").expect("request");
-        assert_eq!(r.status, 200);
-        assert!(
-            r.elapsed < Duration::from_millis(500),
-            "a new session waited {:?}",
-            r.elapsed
-        );
+    let mut worst_new = Duration::ZERO;
+    while stack.record(other).is_none_or(|r| r.pid == record.pid) {
+        assert!(started.elapsed() < BOUND, "no relaunch of {other}");
+        let r = Client::new(stack.addr).get("/app/new").expect("request");
+        assert_eq!(r.status, 200, "{r:?}");
+        worst_new = worst_new.max(r.elapsed);
     }
-    // Keep the sticky load on while the slow VM comes up.
-    assert!(wait_until(BOUND, || {
-        vmpool::connect_probe(([127, 0, 0, 1], other).into(), Duration::from_millis(100))
-    }));
+    // Keep the load on while the slow VM comes up.
+    assert!(wait_until(BOUND, || live_servers(&stack).contains(&other)));
     stop.store(true, Ordering::SeqCst);
     sticky.join().expect("sticky thread");
     let worst = Duration::from_micros(worst.load(Ordering::SeqCst));
     assert!(count.load(Ordering::SeqCst) > 20, "too few sticky requests");
+    // The promise is "never stalls": a request is never held for a VM's
+    // start (3 s here). 1 s leaves a loaded 2-core machine its margin.
     assert!(
-        worst < Duration::from_millis(500),
-        "a sticky request took {worst:?}"
+        worst < Duration::from_secs(1) && worst_new < Duration::from_secs(1),
+        "a sticky request took {worst:?}, a new session {worst_new:?}"
     );
 }
 
 #[test]
 fn a_graceful_restart_under_load_keeps_vms_fails_nothing_and_leaves_no_map_behind() {
-    let stack = Stack::start(Options::default());
-    let sessions: Vec<Client> = (0..4).map(|_| new_session(&stack).0).collect();
-    let maps_before = stack.map_programs();
-    assert_eq!(maps_before.len(), 3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let load = sticky_load(sessions, stop.clone(), failures.clone(), done.clone());
-    // VMs launched in the background for the first sessions are up by now.
-    thread::sleep(Duration::from_millis(300));
-    let vms_before = stack.vms();
-    stack.graceful();
-    // The new generation's maps replace the old ones.
-    let replaced = wait_until(BOUND, || {
-        let now = stack.map_programs();
-        now.len() == 3 && now.iter().all(|m| !maps_before.contains(m))
-    });
-    thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::SeqCst);
-    for handle in load {
-        handle.join().expect("load thread");
+    for classic in VARIANTS {
+        let stack = Stack::start(variant(classic));
+        let sessions: Vec<Client> = (0..4).map(|_| new_session(&stack).0).collect();
+        let maps_before = stack.map_programs();
+        assert_eq!(maps_before.len(), stack.maps);
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let load = sticky_load(sessions, stop.clone(), failures.clone(), done.clone());
+        assert!(wait_until(BOUND, || done.load(Ordering::SeqCst) > 20));
+        let vms_before = stack.vms();
+        let live_before = live_servers(&stack);
+        stack.graceful();
+        // The new generation's maps replace the old ones.
+        let replaced = wait_until(BOUND, || {
+            let now = stack.map_programs();
+            now.len() == stack.maps && now.iter().all(|m| !maps_before.contains(m))
+        });
+        let before = done.load(Ordering::SeqCst);
+        assert!(wait_until(BOUND, || done.load(Ordering::SeqCst) > before + 100));
+        stop.store(true, Ordering::SeqCst);
+        join_load(load);
+        assert!(
+            replaced,
+            "map programs after graceful: {:?} (before {maps_before:?})",
+            stack.map_programs()
+        );
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            0,
+            "classic={classic}: failed requests across the graceful restart"
+        );
+        assert_eq!(
+            stack.vms(),
+            vms_before,
+            "VMs changed across the graceful restart:\n{}",
+            stack.error_log()
+        );
+        assert_eq!(live_servers(&stack), live_before, "the live map changed");
+        let maps = stack.map_programs();
+        assert_eq!(maps.len(), stack.maps, "{maps:?}");
+        assert!(
+            maps.iter().all(|(_, ppid, _)| *ppid == stack.apache_pid()),
+            "{maps:?}"
+        );
     }
-    assert!(
-        replaced,
-        "map programs after graceful: {:?} (before {maps_before:?})",
-        stack.map_programs()
-    );
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "failed requests across the graceful restart"
-    );
-    assert!(done.load(Ordering::SeqCst) > 50);
-    assert_eq!(
-        stack.vms(),
-        vms_before,
-        "VMs changed across the graceful restart:\n{}",
-        stack.error_log()
-    );
-    let maps = stack.map_programs();
-    assert_eq!(maps.len(), 3, "{maps:?}");
-    assert!(
-        maps.iter().all(|(_, ppid, _)| *ppid == stack.apache_pid()),
-        "{maps:?}"
-    );
 }
 
 #[test]
 fn the_map_programs_log_to_apaches_error_log() {
-    let stack = Stack::start(Options::default());
-    let _ = new_session(&stack);
-    let _ = request(stack.addr, "/app/x", &["Cookie: server=app1".into()]);
-    for program in ["verify-port[", "server-map[", "image-launcher["] {
+    for (classic, programs) in [
+        (false, &["image-launcher["][..]),
+        (
+            true,
+            &["verify-port[", "server-map[", "image-launcher["][..],
+        ),
+    ] {
+        let stack = Stack::start(variant(classic));
+        let _ = new_session(&stack);
+        let _ = request(stack.addr, "/app/x", &["Cookie: server=app1".into()]);
+        for program in programs {
+            assert!(
+                wait_until(BOUND, || stack.error_log().contains(program)),
+                "no {program} line in the error log:\n{}",
+                stack.error_log()
+            );
+        }
         assert!(
-            wait_until(BOUND, || stack.error_log().contains(program)),
-            "no {program} line in the error log:\n{}",
+            stack.error_log().contains("launched pid"),
+            "{}",
             stack.error_log()
         );
     }
-    assert!(
-        stack.error_log().contains("launched pid"),
-        "{}",
-        stack.error_log()
-    );
 }
 
 #[test]
 fn when_no_vm_can_be_had_the_answer_is_a_503_with_retry_after() {
-    let stack = Stack::start(Options {
-        vm_args: vec!["--exit-after-s".into(), "0".into()],
-        ..Options::default()
-    });
-    let response = request(stack.addr, "/app/x", &[]).expect("request");
-    assert_eq!(response.status, 503, "{response:?}");
-    assert_eq!(response.header("retry-after"), Some("5"));
-    assert!(response.body.contains("try again"), "{}", response.body);
-    // Static files are unaffected.
-    assert_eq!(
-        request(stack.addr, "/style.css", &[])
-            .expect("request")
-            .status,
-        200
-    );
+    for classic in VARIANTS {
+        let stack = Stack::start(Options {
+            vm_args: vec!["--exit-after-s".into(), "0".into()],
+            classic,
+            ..Options::default()
+        });
+        let response = request(stack.addr, "/app/x", &[]).expect("request");
+        assert_eq!(response.status, 503, "{response:?}");
+        assert_eq!(response.header("retry-after"), Some("5"));
+        assert!(response.body.contains("try again"), "{}", response.body);
+        // Static files are unaffected.
+        assert_eq!(
+            request(stack.addr, "/style.css", &[])
+                .expect("request")
+                .status,
+            200
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use clap::Parser;
 use rewritemap::CommonArgs;
 use vmpool::files::checked_dir;
 use vmpool::{Identity, PortSpec, ProbeMethod};
+
+use crate::supervise::command_problem;
 
 /// The placeholder replaced by the port in CMD, its arguments and `--env`
 /// values.
@@ -64,10 +66,34 @@ pub struct Args {
     pub wait: bool,
 
     /// The server map (balance.conf). When given, a port answered while the
-    /// key's VM starts is taken only from the active set, its ALL entry, so
-    /// that after a cut-over no new session lands on the old set.
+    /// key's VM starts is taken from the active set, its ALL entry, so that
+    /// after a cut-over new sessions land on the new set as soon as one of
+    /// its VMs is up; and the key ALL stands for a random port of it.
     #[arg(long, value_name = "FILE")]
     pub balance: Option<PathBuf>,
+
+    /// Keep FILE equal to the truth about the pool, in Apache's txt/rnd
+    /// syntax, for `RewriteMap LIVE "rnd:FILE"`: `NAME PORT` for each server
+    /// of --balance whose VM is up, `ALL P1|P2|...` when the whole active set
+    /// is up. One launcher at a time writes it (FILE.lock); a port is answered
+    /// for a new session only once it is in FILE. Its directory must belong
+    /// to root or to the launcher's user.
+    #[arg(long, value_name = "FILE", requires = "balance")]
+    pub live_map: Option<PathBuf>,
+
+    /// How often the live map's writer checks the pool in the kernel's
+    /// table, besides the changes it is told of at once (VM exits, launches,
+    /// balance.conf): the longest a change nobody reports (a VM that closes
+    /// its socket and lives on) takes to reach the map.
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub check_every_ms: u64,
+
+    /// At most this many VMs starting at once by this launcher (for new
+    /// sessions, and when the active set is started after a boot or a
+    /// cut-over); 0 means the number of CPUs. `--wait` lookups do not count.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_starting: usize,
 
     /// How to learn that a port listens: listen-table (the kernel's table of
     /// listening sockets) or connect; see verify-port --help.
@@ -98,24 +124,31 @@ pub struct Args {
 }
 
 const HELP_APACHE: &str = "\
-Apache writes one port per line on stdin (a random one of the active set)
-and reads one answer line: a port with a listening VM, or NULL.
-  listening       -> the key, at once; nothing launched
-  not listening   -> the VM is launched (its old process killed if it is
-                     still ours); meanwhile another listening port of the
-                     active set (--balance) or pool is answered at once;
-                     if none of them listens but other VMs of the pool do
-                     (just after a cut-over), NULL at once; in a cold pool
-                     (no VM listens at all), or with --wait, the key once
-                     its VM listens, or NULL after --start-timeout-ms
+Apache writes one key per line on stdin: ALL (a random port of the active
+set of --balance) or a port; it reads one answer line: a port whose VM is
+up, or NULL. Up: the VM listens and, with --live-map, the port is in it.
+  up              -> that port, at once; nothing launched
+  not up          -> its VM is launched in the background (its old process
+                     killed only if it is still ours) and another port that
+                     is up is answered at once: of the active set, or else
+                     (just after a cut-over to a set not started yet) of the
+                     rest of the pool; only when nothing is up (a cold pool),
+                     or with --wait, the lookup waits for a VM, at most
+                     --start-timeout-ms, else NULL
   outside --ports -> NULL; nothing launched, nothing killed
 
-Apache 2.4:
+Apache 2.4, with the live map (the hot path asks no prg: map):
+  RewriteMap LIVE \"rnd:/var/lib/seaside/live.map\"
   RewriteMap VMS \"prg:/usr/local/bin/image-launcher --ports 3001-3010 \\
-      --balance /etc/seaside/balance.conf --pid-dir /run/seaside \\
-      --log-dir /var/log/seaside --user www-data \\
+      --balance /etc/seaside/balance.conf --live-map /var/lib/seaside/live.map \\
+      --pid-dir /run/seaside --log-dir /var/log/seaside --user seaside-vm \\
       -- /usr/bin/squeak -headless /srv/app.image port {port}\"
-  RewriteCond ${VMS:${SERVERS:ALL}} ^([0-9]+)$
+  RewriteCond %{HTTP_COOKIE} \"server=(app[0-9]+)\"
+  RewriteCond ${LIVE:%1} ^([0-9]+)$
+  RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
+  RewriteCond ${LIVE:ALL} ^([0-9]+)$
+  RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
+  RewriteCond ${VMS:ALL} ^([0-9]+)$
   RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
 
 By hand: image-launcher ... --key 3001 -- CMD ARGS";
@@ -139,6 +172,12 @@ pub struct Config {
     pub wait: bool,
     /// The server map whose ALL entry is the active set.
     pub balance: Option<PathBuf>,
+    /// The live map to keep (its directory checked).
+    pub live_map: Option<PathBuf>,
+    /// The writer's periodic check.
+    pub check_every: Duration,
+    /// At most this many of our VMs starting at once.
+    pub max_starting: usize,
     /// The probe.
     pub probe: ProbeMethod,
     /// The VM's working directory.
@@ -157,27 +196,22 @@ impl Config {
         let user = resolve_user(args.user.as_deref())?;
         let pid_dir = ensure_dir(&args.pid_dir).context("--pid-dir")?;
         let log_dir = ensure_dir(&args.log_dir).context("--log-dir")?;
-        ensure!(
-            args.workdir.is_dir(),
-            "--workdir {}: not a directory",
-            args.workdir.display()
-        );
+        let live_map = args
+            .live_map
+            .as_deref()
+            .map(live_map_path)
+            .transpose()
+            .context("--live-map")?;
         let mut command = args.command.into_iter();
         let program = PathBuf::from(command.next().context("no CMD after --")?);
-        ensure!(
-            program.is_absolute(),
-            "CMD {} must be an absolute path: Apache starts map programs with an empty environment, so there is no PATH",
-            program.display()
-        );
-        let mode = std::fs::metadata(&program)
-            .with_context(|| format!("CMD {}", program.display()))?
-            .permissions()
-            .mode();
-        ensure!(
-            mode & 0o111 != 0,
-            "CMD {} is not executable",
-            program.display()
-        );
+        // Not fatal: a launcher that exits leaves Apache's map dead until the
+        // next restart. Every launch checks again, so a fixed command is
+        // picked up at once.
+        if let Some(problem) = command_problem(&program) {
+            tracing::error!(
+                "{problem}: every launch fails (new sessions get NULL) until it is fixed; no restart needed"
+            );
+        }
         let args_vec: Vec<OsString> = command.collect();
         let env = vm_environment(user.as_ref(), &args.env)?;
         let mentions_port = args_vec
@@ -198,6 +232,12 @@ impl Config {
             min_uptime: Duration::from_millis(args.min_uptime_ms),
             wait: args.wait,
             balance: args.balance,
+            live_map,
+            check_every: Duration::from_millis(args.check_every_ms),
+            max_starting: match args.max_starting {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            },
             probe: args.probe,
             workdir: args.workdir,
             env,
@@ -205,6 +245,20 @@ impl Config {
             args: args_vec,
         })
     }
+}
+
+/// The live map's path with its directory checked (and created if missing,
+/// mode 0755): the map is replaced by rename there, and its lock lives
+/// there.
+fn live_map_path(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    Ok(ensure_dir(dir)?.join(name))
 }
 
 /// Creates `dir` (mode 0755) if it is missing, as after a reboot empties

@@ -1,36 +1,67 @@
-//! The answer to one lookup: a port with a listening VM, now.
+//! The answer to one lookup: a port with a live VM, now.
 //!
-//! Apache holds one global mutex for every map lookup of the whole site, so
-//! a lookup must not wait for a VM to start when another VM can take the new
-//! session: a port that listens is answered at once; for one that does not,
-//! its VM is launched in the background and another listening port of the
-//! active set (or pool) is answered at once. When none of those listens but
-//! other VMs of the pool do (the old set, just after a cut-over to a set not
-//! yet started), waiting would stall every session of the old set for the
-//! new VM's start: the answer is `NULL` at once (a 503 with Retry-After for
-//! this new session only). Only a cold pool (no VM listens at all) or
-//! `--wait` makes the lookup wait, polling every millisecond, for at most
-//! the start timeout.
+//! A port is *up* when its VM listens and, with `--live-map`, the port is in
+//! the published live map: a new session is sent only where its next request
+//! will find its VM through the map. A key's port that is up is answered at
+//! once. For one that is not, its VM is launched in the background and
+//! another port that is up is answered at once: one of the active set, or
+//! else (just after a cut-over to a set not started yet) one of the other VMs
+//! of the pool, so that a cut-over never costs a new session a 503.
+//!
+//! Apache holds one global mutex for every map lookup of the whole site, so a
+//! lookup waits only when nothing at all can take the session: a cold pool
+//! (no VM up), or `--wait`. Then it waits, at most the start timeout, for
+//! the key's VM (or, without `--wait`, for any VM of the active set), and
+//! gives up as soon as none is on its way any more.
+//!
+//! The key `ALL` (with `--balance`) stands for a random port of the active
+//! set, as `${SERVERS:ALL}` did: the new-session rule then makes one `prg:`
+//! lookup instead of two.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rewritemap::BadKey;
 use rewritemap::signals::stop_requested;
-use server_map::ReloadingMap;
-use vmpool::{Prober, parse_port};
+use rewritemap::throttle::{Throttle, held_back_note};
+use server_map::{ALL, ReloadingMap};
+use vmpool::{Found, Prober, parse_port};
 
 use crate::config::Config;
-use crate::ports::PortTable;
-use crate::supervise::{Shared, launch_in_background, vm_addr};
+use crate::livemap::PublishedMap;
+use crate::ports::Claim;
+use crate::supervise::{Shared, start_launch, vm_addr};
 
 /// The "no" answer: Apache's `|default` applies.
 pub const NULL: &str = "NULL";
 
-/// How often a waiting lookup probes the key's port.
+/// How often a waiting lookup looks again (it also wakes on every change of
+/// this launcher's state).
 const POLL_EVERY: Duration = Duration::from_millis(1);
-/// How often a waiting lookup checks that a VM is still on its way.
-const VM_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// A condition that lasts is logged at most this often.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How a lookup sees one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// The VM listens and the port is published: it may take a session.
+    Up,
+    /// The VM listens but the port is not in the live map yet: the writer is
+    /// about to publish it; neither launched nor answered meanwhile.
+    Pending,
+    /// Another user's socket listens there: never answered, never launched.
+    Stranger(u32),
+    /// Nothing listens.
+    Down,
+}
+
+/// Who takes a new session while the key's VM is not up.
+enum Cover {
+    /// This port is up.
+    Port(u16),
+    /// Nothing is up in the whole pool.
+    Cold,
+}
 
 /// The lookup side of the launcher.
 #[derive(Debug)]
@@ -40,39 +71,24 @@ pub struct Launcher {
     rng: fastrand::Rng,
     /// The server map, for the active set (`--balance`).
     balance: Option<ReloadingMap>,
-}
-
-/// Who covers for a port whose VM is not up.
-enum Cover {
-    /// This listening port takes the session.
-    Port(u16),
-    /// No VM of the active set listens, but others of the pool do.
-    OutsideActiveSet,
-    /// No VM of the pool listens at all.
-    ColdPool,
-}
-
-/// What [`Launcher::launch`] found or did.
-enum Launch {
-    /// A launch was started, or one is already under way.
-    UnderWay,
-    /// The port's VMs keep failing; no launch for this long.
-    BackingOff(Duration),
+    /// The live map as published (`--live-map`).
+    published: Option<PublishedMap>,
+    /// Conditions that last (a backoff, a stranger, an empty active set),
+    /// logged at most once a minute per port.
+    repeats: Throttle<(u16, &'static str)>,
 }
 
 impl Launcher {
     /// A launcher for a validated configuration.
-    pub fn new(config: Config) -> Launcher {
-        let prober = Prober::new(config.probe, Duration::from_millis(200));
-        let balance = config.balance.clone().map(ReloadingMap::new);
+    pub fn new(shared: Arc<Shared>) -> Launcher {
+        let config = &shared.config;
         Launcher {
-            balance,
-            shared: Arc::new(Shared {
-                config,
-                table: PortTable::default(),
-            }),
-            prober,
+            prober: shared.prober(),
+            balance: config.balance.clone().map(ReloadingMap::new),
+            published: config.live_map.clone().map(PublishedMap::new),
             rng: fastrand::Rng::new(),
+            repeats: Throttle::new(REPEAT_LOG_EVERY),
+            shared,
         }
     }
 
@@ -82,69 +98,75 @@ impl Launcher {
 
     /// Answers one key: see the module doc.
     pub fn answer(&mut self, key: &str) -> Result<String, BadKey> {
-        let port = parse_port(key)
-            .filter(|&p| self.config().ports.contains(p))
-            .ok_or_else(|| BadKey::new(format!("not a port of --ports {}", self.config().ports)))?;
-        if self.prober.is_listening(vm_addr(port)) {
-            return Ok(key.to_owned());
-        }
-        let epoch = self.shared.table.read(port, |s| s.failure_epoch);
-        let launch = self.launch(port);
-        if !self.config().wait {
-            match self.cover_for(port) {
-                Cover::Port(other) => {
-                    tracing::debug!("port {port} is not up; answering {other} meanwhile");
-                    return Ok(other.to_string());
+        let port = self.key_port(key)?;
+        match self.see(port) {
+            Seen::Up => return Ok(port.to_string()),
+            Seen::Pending => {}
+            Seen::Stranger(uid) => self.log_repeat(port, "stranger", || {
+                format!("port {port}: a socket of uid {uid}, not the VM user, listens there: not answered, not launched")
+            }),
+            Seen::Down => {
+                let limit = (!self.config().wait).then_some(self.config().max_starting);
+                if let Claim::BackingOff(left) = start_launch(&self.shared, port, limit) {
+                    self.log_repeat(port, "backoff", || {
+                        format!("port {port}: its VM keeps failing to start; no launch for {left:?}")
+                    });
                 }
-                Cover::OutsideActiveSet => {
-                    tracing::info!(
-                        "port {port}: no VM of the active set listens yet (VMs outside it do); answering {NULL} rather than stall the site"
-                    );
-                    return Ok(NULL.to_owned());
-                }
-                Cover::ColdPool => {}
             }
         }
-        // A cold pool (or --wait): wait for the key's VM; while the key's port
-        // backs off, for another port's instead (but --wait always means the
-        // key's own).
-        let (port, epoch) = match launch {
-            Launch::UnderWay => (port, epoch),
-            Launch::BackingOff(left) => {
-                let substitute = if self.config().wait {
-                    None
-                } else {
-                    self.substitute_for(port)
-                };
-                let Some((other, epoch)) = substitute else {
-                    tracing::warn!(
-                        "port {port}: its VM keeps failing to start; no launch for {left:?}; answering {NULL}"
-                    );
-                    return Ok(NULL.to_owned());
-                };
-                tracing::warn!(
-                    "port {port}: its VM keeps failing to start (no launch for {left:?}); launching {other} instead"
-                );
-                (other, epoch)
-            }
-        };
-        Ok(match self.wait_for(port, epoch) {
+        if !self.config().wait
+            && let Cover::Port(other) = self.cover_for(port)
+        {
+            tracing::debug!("port {port} is not up; answering {other} meanwhile");
+            return Ok(other.to_string());
+        }
+        Ok(match self.wait_for(port) {
             Some(port) => port.to_string(),
             None => NULL.to_owned(),
         })
     }
 
-    /// In a cold pool, when the key's port backs off: another port of the
-    /// active set (or pool) whose launch starts (or is under way), in random
-    /// order, with its failure epoch from before the launch.
-    fn substitute_for(&mut self, port: u16) -> Option<(u16, u64)> {
-        let mut candidates = self.active_ports();
-        candidates.retain(|&p| p != port);
-        self.rng.shuffle(&mut candidates);
-        candidates.into_iter().find_map(|other| {
-            let epoch = self.shared.table.read(other, |s| s.failure_epoch);
-            matches!(self.launch(other), Launch::UnderWay).then_some((other, epoch))
-        })
+    /// The port a key stands for: itself, or for `ALL` a random port of the
+    /// active set.
+    fn key_port(&mut self, key: &str) -> Result<u16, BadKey> {
+        if key == ALL {
+            if self.balance.is_none() {
+                return Err(BadKey::new("the key ALL needs --balance"));
+            }
+            let active = self.active_ports();
+            if active.is_empty() {
+                return Err(BadKey::new(
+                    "balance.conf has no usable ALL entry (within --ports)",
+                ));
+            }
+            return Ok(active[self.rng.usize(..active.len())]);
+        }
+        parse_port(key)
+            .filter(|&p| self.config().ports.contains(p))
+            .ok_or_else(|| BadKey::new(format!("not a port of --ports {}", self.config().ports)))
+    }
+
+    fn see(&mut self, port: u16) -> Seen {
+        match self.prober.find(vm_addr(port)) {
+            Found::Up => {
+                // Our own launch answers only once the VM's pid record is
+                // written (a VM can listen a millisecond after its spawn).
+                let published = !self.shared.table.is_launching(port)
+                    && self
+                        .published
+                        .as_mut()
+                        .is_none_or(|map| map.ports().contains(&port));
+                if published { Seen::Up } else { Seen::Pending }
+            }
+            Found::Stranger { uid } => Seen::Stranger(uid),
+            Found::Down => Seen::Down,
+        }
+    }
+
+    fn log_repeat(&mut self, port: u16, what: &'static str, line: impl FnOnce() -> String) {
+        if let Some(held) = self.repeats.admit((port, what)) {
+            tracing::warn!("{}{}", line(), held_back_note(held));
+        }
     }
 
     /// The active set (the server map's ALL, with `--balance`) within the
@@ -162,105 +184,98 @@ impl Launcher {
         }
     }
 
-    /// Starts a background launch for `port` unless one is under way, the
-    /// VM we launched is still starting, or the port backs off.
-    fn launch(&mut self, port: u16) -> Launch {
-        let now = Instant::now();
-        let start_timeout = self.config().start_timeout;
-        let start = self.shared.table.update(port, |s| {
-            if s.vm_expected(now, start_timeout) {
-                return Ok(false);
-            }
-            if let Some(left) = s.backoff_left(now) {
-                return Err(left);
-            }
-            s.launching = true;
-            Ok(true)
-        });
-        match start {
-            Err(left) => Launch::BackingOff(left),
-            Ok(false) => Launch::UnderWay,
-            Ok(true) => {
-                if let Err(e) = launch_in_background(&self.shared, port) {
-                    let pause = self.shared.table.update(port, |s| {
-                        s.launching = false;
-                        s.fail(now)
-                    });
-                    tracing::error!(
-                        "port {port}: cannot start a launch thread ({e}); next try in {pause:?}"
-                    );
-                }
-                Launch::UnderWay
-            }
-        }
-    }
-
-    /// Who can take a new session while `port`'s VM starts: a random
-    /// listening port of the active set (the server map's ALL, with
-    /// `--balance`) or else of the pool, which is uniform among the
-    /// listening ones; or nobody, told apart by whether VMs outside the
-    /// active set listen.
+    /// A random port that is up: of the active set if any is, else of the
+    /// rest of the pool (after a cut-over, the old set while the new one
+    /// starts).
     fn cover_for(&mut self, port: u16) -> Cover {
+        let active = self.active_ports();
+        let up_active = self.up_among(active.iter().copied().filter(|&p| p != port));
+        if !up_active.is_empty() {
+            return Cover::Port(up_active[self.rng.usize(..up_active.len())]);
+        }
         let pool = self.shared.config.ports.ports().to_vec();
-        let mut candidates = self.active_ports();
-        candidates.retain(|&p| p != port);
-        // One question for the whole pool when the kernel's table is read.
-        let listening = self.prober.listening_ports(&pool);
-        let up: Vec<u16> = candidates
-            .into_iter()
-            .filter(|p| listening.contains(p))
-            .collect();
-        if !up.is_empty() {
-            return Cover::Port(up[self.rng.usize(..up.len())]);
+        let others = self.up_among(
+            pool.into_iter()
+                .filter(|p| *p != port && !active.contains(p)),
+        );
+        if others.is_empty() {
+            return Cover::Cold;
         }
-        if listening.iter().any(|&p| p != port) {
-            Cover::OutsideActiveSet
-        } else {
-            Cover::ColdPool
-        }
+        let other = others[self.rng.usize(..others.len())];
+        self.log_repeat(0, "outside-active", || {
+            format!(
+                "no VM of the active set {active:?} is up yet: new sessions go to VMs outside it (such as {other}) until one is"
+            )
+        });
+        Cover::Port(other)
     }
 
-    /// Waits for `port` to listen, at most the start timeout; gives up early
-    /// when a start fails (the failure epoch moves), when no VM is on its way
-    /// any more (another launcher's VM died), or when SIGTERM arrives.
-    fn wait_for(&mut self, port: u16, epoch: u64) -> Option<u16> {
+    fn up_among(&mut self, ports: impl Iterator<Item = u16>) -> Vec<u16> {
+        ports.filter(|&p| self.see(p) == Seen::Up).collect()
+    }
+
+    /// In a cold pool (or with `--wait`): waits for the key's VM, or without
+    /// `--wait` for any VM of the active set, at most the start timeout;
+    /// gives up when none is on its way any more, or on SIGTERM.
+    fn wait_for(&mut self, key: u16) -> Option<u16> {
         let started = Instant::now();
         let start_timeout = self.config().start_timeout;
-        let deadline = started + start_timeout;
-        let mut next_check = started;
+        let mut candidates = vec![key];
+        if !self.config().wait {
+            candidates.extend(self.active_ports().into_iter().filter(|&p| p != key));
+            if !self.on_its_way(&candidates) {
+                self.launch_substitute(&candidates);
+            }
+        }
         loop {
-            // Answered only once our launch has written the VM's pid record:
-            // a VM can listen a millisecond after its spawn, before that.
-            if self.prober.is_listening(vm_addr(port))
-                && !self.shared.table.read(port, |s| s.launching)
-            {
-                tracing::debug!("port {port}: up after waiting {:?}", started.elapsed());
-                return Some(port);
+            let mut pending = false;
+            for &port in &candidates {
+                match self.see(port) {
+                    Seen::Up => {
+                        tracing::debug!("port {port}: up after waiting {:?}", started.elapsed());
+                        return Some(port);
+                    }
+                    Seen::Pending => pending = true,
+                    Seen::Stranger(_) | Seen::Down => {}
+                }
             }
             if stop_requested() {
                 return None;
             }
-            if self.shared.table.read(port, |s| s.failure_epoch) != epoch {
-                tracing::warn!("port {port}: its VM failed to start; answering {NULL}");
+            if !pending && !self.on_its_way(&candidates) {
+                tracing::warn!("port {key}: no VM is on its way; answering {NULL}");
                 return None;
             }
-            if Instant::now() >= next_check {
-                next_check += VM_CHECK_EVERY;
-                if !self.shared.table.vm_expected(port, start_timeout) {
-                    tracing::warn!(
-                        "port {port}: no VM is starting there any more; answering {NULL}"
-                    );
-                    return None;
-                }
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    "port {port}: no VM listening after {:?}; answering {NULL}",
-                    self.config().start_timeout
-                );
+            if started.elapsed() >= start_timeout {
+                tracing::warn!("port {key}: no VM up after {start_timeout:?}; answering {NULL}");
                 return None;
             }
             self.shared.table.wait_change(POLL_EVERY);
+        }
+    }
+
+    fn on_its_way(&self, ports: &[u16]) -> bool {
+        let start_timeout = self.config().start_timeout;
+        ports
+            .iter()
+            .any(|&p| self.shared.table.vm_expected(p, start_timeout))
+    }
+
+    /// When the key's VM cannot be launched now (it backs off, or this
+    /// launcher starts enough VMs already), one other port of the active set
+    /// in random order.
+    fn launch_substitute(&mut self, candidates: &[u16]) {
+        let mut others = candidates[1..].to_vec();
+        self.rng.shuffle(&mut others);
+        let limit = Some(self.config().max_starting);
+        for other in others {
+            if start_launch(&self.shared, other, limit) == Claim::Granted {
+                tracing::info!(
+                    "port {}: no launch possible now; launching {other} instead",
+                    candidates[0]
+                );
+                return;
+            }
         }
     }
 

@@ -7,27 +7,31 @@
 //! launcher acts on the port meanwhile), looks at the pid record, kills the
 //! recorded VM only if it is still ours and has outlived its start timeout,
 //! starts the new VM, writes its record and lets the lock go. Then it watches
-//! the VM until it listens (or dies, or outlives its start timeout), and
-//! waits for it to exit, so a launcher that lives for months leaves no
-//! zombies behind.
+//! the VM until it listens; one that does not listen within its start
+//! timeout is killed there and then (only if it is still ours), so it never
+//! lingers until some later lookup. Then the thread waits for the VM to exit
+//! and reaps it, so a launcher that lives for months leaves no zombies.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Child;
-use std::sync::Arc;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rewritemap::throttle::{Throttle, held_back_note};
 use vmpool::files::open_regular;
-use vmpool::listen_table::ListenTable;
 use vmpool::{
     Launch, Liveness, PidRecord, PortLock, Prober, Stopped, kill_if_ours, spawn_detached,
 };
 
 use crate::config::{Config, fill_port};
-use crate::ports::PortTable;
+use crate::ports::{Claim, PortTable};
 
 /// How long a recorded VM gets to exit after SIGTERM before SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -37,14 +41,56 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 const WATCH_EVERY: Duration = Duration::from_millis(2);
 /// How often a VM that listens is checked until `--min-uptime-ms`.
 const UPTIME_CHECK_EVERY: Duration = Duration::from_millis(20);
+/// A connect probe (where the kernel's table cannot be read) gives up after
+/// this long.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// A failure that repeats (a missing command, a port that keeps failing) is
+/// logged at most this often.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// What the launcher and its background threads share.
+/// What the launcher, its background threads and the live map's writer
+/// share.
 #[derive(Debug)]
 pub struct Shared {
     /// The validated configuration.
     pub config: Config,
     /// Per-port state of this launcher.
     pub table: PortTable,
+    /// Launch failures already logged.
+    failures: Mutex<Throttle<(u16, String)>>,
+}
+
+impl Shared {
+    /// The shared state; `table`'s changes wake the writer.
+    pub fn new(config: Config, table: PortTable) -> Shared {
+        Shared {
+            config,
+            table,
+            failures: Mutex::new(Throttle::new(REPEAT_LOG_EVERY)),
+        }
+    }
+
+    /// The probe every part of the launcher uses: the configured method,
+    /// one timeout.
+    pub fn prober(&self) -> Prober {
+        Prober::new(self.config.probe, PROBE_TIMEOUT)
+    }
+
+    /// Logs a launch failure: the first time for this port and reason, then
+    /// at most once a minute.
+    fn log_failure(&self, port: u16, why: &str, pause: Duration) {
+        let admitted = self
+            .failures
+            .lock()
+            .map(|mut t| t.admit((port, why.to_owned())))
+            .unwrap_or(Some(0));
+        if let Some(held) = admitted {
+            tracing::error!(
+                "port {port}: launch failed: {why}; answering NULL for it, next try in {pause:?} at the earliest{}",
+                held_back_note(held)
+            );
+        }
+    }
 }
 
 /// The address of a port's VM.
@@ -52,47 +98,48 @@ pub fn vm_addr(port: u16) -> SocketAddr {
     SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)
 }
 
-/// Starts a background launch for `port`. The caller has set
-/// `launching` in the port's state; the thread clears it.
-pub fn launch_in_background(shared: &Arc<Shared>, port: u16) -> io::Result<()> {
-    let shared = Arc::clone(shared);
-    rewritemap::signals::spawn_background(format!("launch-{port}"), move || {
-        let outcome = launch(&shared, port);
-        let child = match outcome {
-            Outcome::Launched(child) => Some(child),
-            Outcome::Failed(why) => {
-                let pause = shared.table.update(port, |s| s.fail(Instant::now()));
-                tracing::error!(
-                    "port {port}: launch failed: {why}; next try in {pause:?} at the earliest"
-                );
-                None
-            }
-            Outcome::NotNeeded(why) => {
-                tracing::debug!("port {port}: no launch: {why}");
-                None
-            }
-            Outcome::StartingElsewhere(record, left) => {
-                tracing::debug!(
-                    "port {port}: no launch: pid {} of another launcher is starting",
-                    record.pid
-                );
-                let until = Instant::now() + left;
-                shared
-                    .table
-                    .update(port, |s| s.starting_elsewhere = Some((record, until)));
-                None
-            }
-        };
-        let launched = Instant::now();
-        shared.table.update(port, |s| {
-            s.launching = false;
-            s.starting = child.as_ref().map(|c| (c.id(), launched));
+/// Starts a background launch for `port` if [`PortTable::claim_launch`]
+/// grants one (`limit`: at most this many of this launcher's starts at
+/// once); returns the claim.
+pub fn start_launch(shared: &Arc<Shared>, port: u16, limit: Option<usize>) -> Claim {
+    let claim = shared
+        .table
+        .claim_launch(port, shared.config.start_timeout, limit);
+    if claim == Claim::Granted {
+        let job = Arc::clone(shared);
+        let spawned = rewritemap::signals::spawn_background(format!("launch-{port}"), move || {
+            launch_job(&job, port)
         });
-        if let Some(child) = child {
-            watch(&shared, port, child, launched);
+        if let Err(e) = spawned {
+            let pause = shared.table.launch_failed(port);
+            shared.log_failure(port, &format!("cannot start a launch thread: {e}"), pause);
         }
-    })
-    .map(drop)
+    }
+    claim
+}
+
+fn launch_job(shared: &Shared, port: u16) {
+    match launch(shared, port) {
+        Outcome::Launched(child) => {
+            shared.table.launched(port);
+            watch(shared, port, child);
+        }
+        Outcome::Failed(why) => {
+            let pause = shared.table.launch_failed(port);
+            shared.log_failure(port, &why, pause);
+        }
+        Outcome::NotNeeded(why) => {
+            tracing::debug!("port {port}: no launch: {why}");
+            shared.table.not_launched(port, None);
+        }
+        Outcome::StartingElsewhere(record, left) => {
+            tracing::debug!(
+                "port {port}: no launch: pid {} of another launcher is starting",
+                record.pid
+            );
+            shared.table.not_launched(port, Some((record, left)));
+        }
+    }
 }
 
 enum Outcome {
@@ -114,18 +161,21 @@ fn launch(shared: &Shared, port: u16) -> Outcome {
         }
         Err(e) => return Outcome::Failed(format!("cannot lock: {e}")),
     };
-    let mut prober = Prober::new(config.probe, Duration::from_millis(200));
+    let mut prober = shared.prober();
     if prober.is_listening(vm_addr(port)) {
         return Outcome::NotNeeded("already listening".into());
     }
     match PidRecord::read(&config.pid_dir, port) {
         Ok(Some(record)) => {
-            if let Some(not_needed) = retire(config, port, &record) {
-                return not_needed;
+            if let Err(not_now) = retire(config, &mut prober, port, &record) {
+                return not_now;
             }
         }
         Ok(None) => {}
         Err(e) => tracing::warn!("port {port}: ignoring the pid record: {e}"),
+    }
+    if let Some(problem) = command_problem(&config.program) {
+        return Outcome::Failed(problem);
     }
     let mut child = match spawn_vm(config, port) {
         Ok(child) => child,
@@ -153,22 +203,52 @@ fn launch(shared: &Shared, port: u16) -> Outcome {
     Outcome::Launched(child)
 }
 
-/// Deals with the process a record names before a new launch: returns
-/// `Some` when no launch is needed (the VM is still starting, or cannot be
+/// What keeps `program` from being started, if anything: it must be an
+/// absolute path (Apache starts map programs without PATH) to an executable
+/// regular file. Checked before every launch, so that a fixed command is
+/// picked up without restarting anything.
+pub fn command_problem(program: &Path) -> Option<String> {
+    if !program.is_absolute() {
+        return Some(format!(
+            "the VM command {} is not an absolute path (Apache starts map programs with an empty environment: there is no PATH)",
+            program.display()
+        ));
+    }
+    match fs::metadata(program) {
+        Err(e) => Some(format!("the VM command {}: {e}", program.display())),
+        Ok(meta) if !meta.is_file() => Some(format!(
+            "the VM command {} is not a regular file",
+            program.display()
+        )),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => Some(format!(
+            "the VM command {} is not executable",
+            program.display()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Deals with the process a record names before a new launch: `Err` when no
+/// launch must happen now (the VM is still starting, busy, or cannot be
 /// stopped).
-fn retire(config: &Config, port: u16, record: &PidRecord) -> Option<Outcome> {
+fn retire(
+    config: &Config,
+    prober: &mut Prober,
+    port: u16,
+    record: &PidRecord,
+) -> Result<(), Outcome> {
     match record.liveness() {
-        Ok(Liveness::Running { age }) if age < config.start_timeout => Some(
+        Ok(Liveness::Running { age }) if age < config.start_timeout => Err(
             Outcome::StartingElsewhere(record.clone(), config.start_timeout - age),
         ),
-        Ok(Liveness::Running { .. }) if port_in_listen_table(port) => {
+        Ok(Liveness::Running { .. }) if prober.listener(vm_addr(port)).is_some() => {
             // A connect probe fails for a VM whose accept queue is full; the
             // kernel's table still lists its socket. Busy is not dead.
             tracing::warn!(
                 "port {port}: pid {} accepts no connection but its socket listens (busy, or hung): left alone",
                 record.pid
             );
-            Some(Outcome::NotNeeded("busy VM".into()))
+            Err(Outcome::NotNeeded("busy VM".into()))
         }
         Ok(Liveness::Running { age }) => {
             tracing::warn!(
@@ -178,39 +258,29 @@ fn retire(config: &Config, port: u16, record: &PidRecord) -> Option<Outcome> {
             );
             match kill_if_ours(record, KILL_GRACE) {
                 Ok(Stopped::Killed) => {
-                    tracing::warn!("port {port}: pid {} needed SIGKILL", record.pid)
+                    tracing::warn!("port {port}: pid {} needed SIGKILL", record.pid);
+                    Ok(())
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    return Some(Outcome::Failed(format!(
-                        "cannot stop pid {}: {e}",
-                        record.pid
-                    )));
-                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(Outcome::Failed(format!(
+                    "cannot stop pid {}: {e}",
+                    record.pid
+                ))),
             }
-            None
         }
         Ok(Liveness::NotOurs) => {
             tracing::warn!(
                 "port {port}: the pid record names pid {}, which is another process now; leaving it alone",
                 record.pid
             );
-            None
+            Ok(())
         }
-        Ok(Liveness::Gone | Liveness::Zombie) => None,
-        Err(e) => Some(Outcome::Failed(format!(
+        Ok(Liveness::Gone | Liveness::Zombie) => Ok(()),
+        Err(e) => Err(Outcome::Failed(format!(
             "cannot check pid {}: {e}",
             record.pid
         ))),
     }
-}
-
-/// True if the kernel lists a listening socket for the port (false where
-/// the table cannot be read: then the connect probe's word stands).
-fn port_in_listen_table(port: u16) -> bool {
-    ListenTable::open()
-        .and_then(|mut table| table.is_listening(vm_addr(port)))
-        .unwrap_or(false)
 }
 
 fn spawn_vm(config: &Config, port: u16) -> io::Result<Child> {
@@ -247,19 +317,17 @@ fn command_line(config: &Config, port: u16) -> String {
 }
 
 /// Watches a VM we launched: until it listens, exits or outlives its start
-/// timeout; then, if it listened, until it has run `--min-uptime-ms` (an
-/// exit before that is a failed start too: a VM that crashes on its first
-/// request must not be relaunched in a loop); then it waits for the VM to
-/// exit and reaps it.
-fn watch(shared: &Shared, port: u16, mut child: Child, launched: Instant) {
+/// timeout (then it is killed); then, if it listened, until it has run
+/// `--min-uptime-ms` (an exit before that is a failed start too: a VM that
+/// crashes on its first request must not be relaunched in a loop); then it
+/// waits for the VM to exit and reaps it.
+fn watch(shared: &Shared, port: u16, mut child: Child) {
     let pid = child.id();
+    let launched = Instant::now();
     let config = &shared.config;
-    let mut prober = Prober::new(config.probe, Duration::from_millis(200));
+    let mut prober = shared.prober();
     let failed = |why: String| {
-        let pause = shared.table.update(port, |s| {
-            s.starting = None;
-            s.fail(Instant::now())
-        });
+        let pause = shared.table.start_failed(port);
         tracing::error!("port {port}: pid {pid} {why}; next launch in {pause:?} at the earliest");
     };
     let listened = loop {
@@ -268,7 +336,7 @@ fn watch(shared: &Shared, port: u16, mut child: Child, launched: Instant) {
                 "port {port}: pid {pid} listening after {} ms",
                 launched.elapsed().as_millis()
             );
-            shared.table.update(port, |s| s.starting = None);
+            shared.table.listened(port);
             break true;
         }
         match child.try_wait() {
@@ -280,8 +348,9 @@ fn watch(shared: &Shared, port: u16, mut child: Child, launched: Instant) {
             Err(e) => tracing::warn!("port {port}: cannot check pid {pid}: {e}"),
         }
         if launched.elapsed() >= config.start_timeout {
+            stop_late_vm(config, port, pid);
             failed(format!(
-                "did not listen within {:?}; it is killed at the first lookup after the pause",
+                "did not listen within its start timeout {:?}: stopped",
                 config.start_timeout
             ));
             break false;
@@ -305,18 +374,40 @@ fn watch(shared: &Shared, port: u16, mut child: Child, launched: Instant) {
                 }
             }
         }
-        shared.table.update(port, |s| s.succeed());
+        shared.table.proved(port);
     }
     match child.wait() {
-        Ok(status) => tracing::info!(
-            "port {port}: pid {pid} exited ({status}) after {:.1} s{}",
-            launched.elapsed().as_secs_f64(),
-            if listened {
-                ""
-            } else {
-                ", never having listened"
-            }
-        ),
+        Ok(status) => log_exit(port, pid, status, launched.elapsed(), listened),
         Err(e) => tracing::warn!("port {port}: cannot wait for pid {pid}: {e}"),
+    }
+    if listened {
+        shared.table.exited(port);
+    }
+}
+
+/// Stops our VM that did not listen in time: under the port's lock, only
+/// while its pid and start time still match (it is our unreaped child, so
+/// they do), SIGTERM to its group, then SIGKILL.
+fn stop_late_vm(config: &Config, port: u16, pid: u32) {
+    let _lock = PortLock::acquire(&config.pid_dir, port, LOCK_WAIT);
+    match PidRecord::of_process(pid).and_then(|record| kill_if_ours(&record, KILL_GRACE)) {
+        Ok(Stopped::Killed) => tracing::warn!("port {port}: pid {pid} needed SIGKILL"),
+        Ok(_) => {}
+        Err(e) => tracing::error!("port {port}: cannot stop pid {pid}: {e}"),
+    }
+}
+
+fn log_exit(port: u16, pid: u32, status: ExitStatus, lived: Duration, listened: bool) {
+    let seconds = lived.as_secs_f64();
+    let never = if listened {
+        ""
+    } else {
+        ", never having listened"
+    };
+    match status.signal() {
+        Some(signal) if listened => tracing::warn!(
+            "port {port}: pid {pid} was killed by signal {signal} after {seconds:.1} s"
+        ),
+        _ => tracing::info!("port {port}: pid {pid} exited ({status}) after {seconds:.1} s{never}"),
     }
 }

@@ -1,11 +1,8 @@
 //! image-launcher driven exactly as Apache drives it (the real binary, an
 //! empty environment, pipes), launching real `demo-vm` processes on
 //! loopback ports.
-//!
-//! The test process is a child subreaper: a VM that outlives its launcher is
-//! re-parented here, and every VM a test started is killed and reaped by pid
-//! when the test's [`Pool`] is dropped, so no test leaves a process (or a
-//! zombie) behind.
+
+mod common;
 
 use std::ffi::OsString;
 use std::fs;
@@ -13,241 +10,13 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::*;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use rewritemap::client::MapProcess;
 use vmpool::listen_table::ListenTable;
-use vmpool::{Liveness, PidRecord, connect_probe};
-
-const LAUNCHER: &str = env!("CARGO_BIN_EXE_image-launcher");
-const BOUND: Duration = Duration::from_secs(20);
-
-/// The freshly built `demo-vm` (built here if this test runs alone).
-fn built_demo_vm() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let built = Path::new(LAUNCHER).with_file_name("demo-vm");
-        if !built.exists() {
-            let profile_dir = built
-                .parent()
-                .and_then(Path::file_name)
-                .and_then(|n| n.to_str());
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "-p", "demo-vm"]);
-            if profile_dir == Some("release") {
-                cargo.arg("--release");
-            }
-            assert!(
-                cargo.status().expect("cargo build").success(),
-                "cannot build demo-vm"
-            );
-        }
-        built
-    })
-}
-
-use rewritemap::client::free_loopback_ports as free_ports;
-
-fn free_port() -> u16 {
-    free_ports(1)[0]
-}
-
-fn listening(port: u16) -> bool {
-    connect_probe(([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Pid and log directories, the pool's ports, a copy of demo-vm that the
-/// `nobody` user can execute (the build directory may sit under /root,
-/// which nobody cannot enter), and cleanup of every VM.
-struct Pool {
-    dir: tempfile::TempDir,
-    ports: Vec<u16>,
-    launchers: Vec<MapProcess>,
-    /// `--start-timeout-ms` of the launchers started from now on.
-    start_timeout_ms: u64,
-}
-
-impl Pool {
-    fn new(n: usize) -> Pool {
-        nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        fs::create_dir(dir.path().join("pid")).expect("mkdir");
-        fs::create_dir(dir.path().join("log")).expect("mkdir");
-        let vm = dir.path().join("demo-vm");
-        if fs::hard_link(built_demo_vm(), &vm).is_err() {
-            fs::copy(built_demo_vm(), &vm).expect("copy demo-vm");
-        }
-        Pool {
-            dir,
-            ports: free_ports(n),
-            launchers: Vec::new(),
-            start_timeout_ms: 10_000,
-        }
-    }
-
-    fn demo_vm(&self) -> PathBuf {
-        self.dir.path().join("demo-vm")
-    }
-
-    fn pid_dir(&self) -> PathBuf {
-        self.dir.path().join("pid")
-    }
-
-    fn log(&self, port: u16) -> String {
-        fs::read_to_string(self.dir.path().join("log").join(format!("{port}.log")))
-            .unwrap_or_default()
-    }
-
-    fn spec(&self) -> String {
-        self.ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn record(&self, port: u16) -> Option<PidRecord> {
-        PidRecord::read(&self.pid_dir(), port).expect("readable record")
-    }
-
-    /// The launcher's arguments up to `--`, for `extra` options.
-    fn args(&self, extra: &[&str]) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--ports".into(),
-            self.spec().into(),
-            "--pid-dir".into(),
-            self.pid_dir().into(),
-            "--log-dir".into(),
-            self.dir.path().join("log").into(),
-            "--start-timeout-ms".into(),
-            self.start_timeout_ms.to_string().into(),
-        ];
-        if is_root() {
-            args.extend(["--user".into(), "nobody".into()]);
-        }
-        args.extend(extra.iter().map(OsString::from));
-        args
-    }
-
-    /// Starts a launcher whose VM is `demo-vm --port {port} VM_ARGS`.
-    fn launcher(&mut self, extra: &[&str], vm_args: &[&str]) -> usize {
-        let mut args = self.args(extra);
-        args.push("--".into());
-        args.push(self.demo_vm().into());
-        args.extend(["--port".into(), "{port}".into()]);
-        args.extend(vm_args.iter().map(OsString::from));
-        self.launcher_with(args)
-    }
-
-    fn launcher_with(&mut self, args: Vec<OsString>) -> usize {
-        self.launchers
-            .push(MapProcess::spawn(LAUNCHER, args).expect("start image-launcher"));
-        self.launchers.len() - 1
-    }
-
-    fn ask(&mut self, which: usize, key: &str) -> (String, Duration) {
-        let map = &mut self.launchers[which];
-        match map.ask(key, BOUND) {
-            Ok(answer) => answer,
-            Err(e) => panic!("no answer to {key:?}: {e}\nstderr:\n{}", map.stderr()),
-        }
-    }
-
-    fn stderr(&self, which: usize) -> String {
-        self.launchers[which].stderr()
-    }
-
-    /// Pids of demo-vm processes serving `port`, from /proc.
-    fn vms_on(port: u16) -> Vec<u32> {
-        let wanted = format!("--port\0{port}\0");
-        fs::read_dir("/proc")
-            .expect("/proc")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                cmdline.contains("demo-vm") && cmdline.contains(&wanted)
-            })
-            .filter(|&pid| {
-                vmpool::pidrecord::proc_stat(pid)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|s| s.state != 'Z')
-            })
-            .collect()
-    }
-}
-
-/// Kills `pid` and reaps it if it became our child (bounded).
-fn kill_and_reap(pid: u32) {
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
-            Ok(_) => return,
-            // Not our child (its launcher still runs and reaps it).
-            Err(_) => {
-                if vmpool::pidrecord::proc_stat(pid)
-                    .ok()
-                    .flatten()
-                    .is_none_or(|s| s.state == 'Z')
-                {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Launchers first (a launch under way ends before its launcher
-        // exits), so that none starts a VM after the scan below.
-        for launcher in self.launchers.drain(..) {
-            let _ = launcher.finish(Duration::from_secs(2));
-        }
-        // Then every process running this pool's own copy of demo-vm, until
-        // none has been seen for a while.
-        let exe = self.demo_vm();
-        let mut quiet_since = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while quiet_since.elapsed() < Duration::from_millis(200) && Instant::now() < deadline {
-            let running = fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe));
-            for pid in running.collect::<Vec<_>>() {
-                kill_and_reap(pid);
-                quiet_since = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
+use vmpool::{Liveness, PidRecord};
 
 #[test]
 fn a_listening_port_is_answered_at_once_and_nothing_is_launched() {
@@ -390,28 +159,29 @@ fn a_vm_that_crashes_later_is_relaunched_on_the_next_lookup_with_a_new_pid() {
 }
 
 #[test]
-fn a_hung_vm_is_killed_and_replaced_after_its_start_timeout() {
+fn a_vm_that_never_listens_is_killed_by_its_watcher_at_its_start_timeout() {
     let mut pool = Pool::new(1);
     pool.start_timeout_ms = 300;
     let port = pool.ports[0];
     let l = pool.launcher(&[], &["--start-delay-ms", "600000"]);
     assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
     let hung = pool.record(port).expect("record");
-    // After the 1 s backoff, the next lookup kills the hung VM and starts
-    // another one (which hangs too, and is answered NULL again).
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(pool.ask(l, &port.to_string()).0, "NULL");
-    wait_until("the hung VM to be killed", BOUND, || {
+    // No further lookup: its watcher stops it once the timeout has passed.
+    wait_until("the VM that never listened to be killed", BOUND, || {
         !matches!(hung.liveness(), Ok(Liveness::Running { .. }))
     });
     assert!(
-        pool.stderr(l)
-            .contains(&format!("killing pid {}", hung.pid)),
+        pool.launchers[l].wait_stderr("did not listen within its start timeout", BOUND),
         "{}",
         pool.stderr(l)
     );
-    let next = pool.record(port).expect("record");
-    assert_ne!(next.pid, hung.pid);
+    // After the backoff, the next lookup starts one fresh VM, never two.
+    wait_until("a fresh VM after the backoff", BOUND, || {
+        let _ = pool.ask(l, &port.to_string());
+        pool.record(port).is_some_and(|r| r.pid != hung.pid)
+    });
+    let vms = Pool::vms_on(port);
+    assert_eq!(vms.len(), 1, "VMs alive on {port}: {vms:?}");
 }
 
 #[test]
@@ -705,7 +475,7 @@ fn sigterm_ends_a_launcher_waiting_in_a_cold_pool_within_a_second() {
 }
 
 #[test]
-fn with_balance_a_starting_vm_is_covered_only_by_the_active_set() {
+fn with_balance_a_starting_vm_is_covered_by_the_active_set_once_one_is_up() {
     let mut pool = Pool::new(4);
     let (old, active, key1, key2) = (pool.ports[0], pool.ports[1], pool.ports[2], pool.ports[3]);
     // A VM of the old set listens; the active set is active|key1|key2.
@@ -716,10 +486,10 @@ fn with_balance_a_starting_vm_is_covered_only_by_the_active_set() {
     let balance_arg = balance.display().to_string();
     let l = pool.launcher(&["--balance", &balance_arg], &["--start-delay-ms", "300"]);
     // Nothing of the active set listens, the old set does (a cut-over to a
-    // set not yet started): NULL at once, rather than answer the old set or
-    // stall the old set's sessions for the new VM's start; the VM starts.
+    // set not yet started): the old set's VM takes the new session at once
+    // rather than a 503 or a stall, while the key's VM starts.
     let (answer, took) = pool.ask(l, &key1.to_string());
-    assert_eq!(answer, "NULL", "{}", pool.stderr(l));
+    assert_eq!(answer, old.to_string(), "{}", pool.stderr(l));
     assert!(took < Duration::from_millis(100), "{took:?}");
     wait_until("the key's VM", BOUND, || listening(key1));
     assert_eq!(pool.ask(l, &key1.to_string()).0, key1.to_string());

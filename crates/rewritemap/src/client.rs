@@ -28,27 +28,49 @@ use nix::unistd::Pid;
 
 /// `n` distinct loopback ports that nothing listens on, and that no earlier
 /// call in this process has returned: tests running in parallel threads
-/// must not share a port (the kernel may hand the same free port out twice
-/// in a row).
+/// must not share a port. They are taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), so that no outgoing connection of any test (a
+/// client, a probe) can be given one of them as its source port and keep a
+/// VM from binding it later.
 pub fn free_loopback_ports(n: usize) -> Vec<u16> {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    let mut held = Vec::new();
+    let (low, high) = below_ephemeral_range();
     let mut ports = Vec::new();
+    let mut tries = 0;
     while ports.len() < n {
-        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+        tries += 1;
+        assert!(tries < 100_000, "no free loopback port in {low}..{high}");
+        let port = low + (random_u64() % u64::from(high - low)) as u16;
+        if given.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             continue;
-        };
-        let Ok(addr) = listener.local_addr() else {
-            continue;
-        };
-        if given.insert(addr.port()) {
-            ports.push(addr.port());
         }
-        // Held until all are chosen, so the kernel cannot repeat one.
-        held.push(listener);
+        given.insert(port);
+        ports.push(port);
     }
     ports
+}
+
+/// A random number, from the standard library's per-process hash keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// The ports tests pick from: from 10000 up to the start of the ephemeral
+/// range (32768 on Linux by default).
+fn below_ephemeral_range() -> (u16, u16) {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if start > 12_000 {
+        (10_000, start)
+    } else {
+        (start.saturating_sub(2_000).max(1024), start)
+    }
 }
 
 /// A running map program.

@@ -42,6 +42,7 @@ pub mod program;
 pub mod serve;
 pub mod signals;
 pub mod successor;
+pub mod throttle;
 
 pub use key::{MAX_LINE, Rejection, check_key};
 pub use program::{CommonArgs, LogLevel, MapProgram};

@@ -1,11 +1,23 @@
-//! The kernel's table of listening TCP sockets, read through netlink
-//! `sock_diag`: is anything listening on a local port, without connecting
-//! to it (so the VM behind it sees nothing).
+//! The kernel's table of TCP sockets, read through netlink `sock_diag`:
+//! which socket would take a connection to a local port, whose it is and
+//! how full its accept queue is, without connecting to it (so the VM behind
+//! it sees nothing).
 //!
-//! One `SOCK_DIAG_BY_FAMILY` dump of TCP sockets in `LISTEN` state per
-//! address family; messages are built and parsed by hand from the layouts in
+//! Two questions, both answered by the kernel:
+//! - [`ListenTable::listener_for`]: an exact lookup (`SOCK_DIAG_BY_FAMILY`
+//!   without `NLM_F_DUMP`). The kernel finds the socket with the same hashed
+//!   lookup that routes an incoming connection, so the answer is the one
+//!   socket that would take a connection to the address (a dual-stack `::`
+//!   socket for a v4 address included), and its cost does not grow with the
+//!   host's other listeners (measured: 6 µs with 20,000 foreign listeners,
+//!   where a dump of the table took 1 ms).
+//! - [`ListenTable::listeners`]: a dump of the listening sockets on a port,
+//!   for the status view and the tests.
+//!
+//! Messages are built and parsed by hand from the layouts in
 //! `linux/inet_diag.h` and `linux/netlink.h` (all fields in host byte order
-//! but the ports and addresses, which are in network order).
+//! but the ports and addresses, which are in network order); the parsing is
+//! pure ([`parse_datagram`]) so that it can be fuzzed.
 //!
 //! What this cannot tell: whether the process behind the socket still calls
 //! `accept` (a hung VM keeps its listening socket), and anything about other
@@ -31,10 +43,12 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const INET_DIAG_REQ_V2_LEN: usize = 56;
 const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKV6ONLY: u16 = 11;
+const INET_DIAG_NOCOOKIE: u32 = !0;
 const IPPROTO_TCP: u8 = 6;
-const TCP_LISTEN: u32 = 10;
+const TCP_LISTEN: u8 = 10;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+const ENOENT: i32 = 2;
 
 /// One listening socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +64,9 @@ pub struct Listener {
     /// The socket's inode: `/proc/PID/fd/N` of its owner links to
     /// `socket:[inode]`.
     pub inode: u32,
+    /// The user that created the socket: a pool port counts as the VM's only
+    /// when its listener belongs to the VM's user.
+    pub uid: u32,
 }
 
 impl Listener {
@@ -98,82 +115,114 @@ impl ListenTable {
 
     /// True if a listening socket would take a connection to `target`.
     pub fn is_listening(&mut self, target: SocketAddr) -> io::Result<bool> {
-        let mut found = false;
-        // A v4 target can be served by a v6 `::` socket, so both families
-        // may have to be asked; v4 first, where VMs usually listen.
-        let families: &[u8] = match target {
-            SocketAddr::V4(_) => &[AF_INET, AF_INET6],
-            SocketAddr::V6(_) => &[AF_INET6],
-        };
-        for &family in families {
-            self.dump(family, target.port(), |listener| {
-                found |= listener.serves(target);
-            })?;
-            if found {
-                break;
-            }
-        }
-        Ok(found)
+        Ok(self.listener_for(target)?.is_some())
     }
 
-    /// Every listening TCP socket of `family` (`AF_INET`/`AF_INET6`), or
-    /// only those on `port` when it is not 0.
+    /// The listening socket that would take a connection to `target`, by
+    /// the kernel's own lookup (see the module doc); `None` if there is none.
+    pub fn listener_for(&mut self, target: SocketAddr) -> io::Result<Option<Listener>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = exact_request(target, self.seq);
+        self.send(&request)?;
+        let mut found = None;
+        self.receive(|listener| found = Some(listener))?;
+        Ok(found.filter(|l| l.addr.port() == target.port()))
+    }
+
+    /// Every listening TCP socket, or only those on `port` when it is not 0.
     pub fn listeners(&mut self, port: u16) -> io::Result<Vec<Listener>> {
         let mut all = Vec::new();
         for family in [AF_INET, AF_INET6] {
-            self.dump(family, port, |listener| all.push(listener))?;
+            self.seq = self.seq.wrapping_add(1);
+            let request = dump_request(family, self.seq, port);
+            self.send(&request)?;
+            self.receive(|listener| {
+                if port == 0 || listener.addr.port() == port {
+                    all.push(listener);
+                }
+            })?;
         }
         Ok(all)
     }
 
-    fn dump(&mut self, family: u8, port: u16, mut each: impl FnMut(Listener)) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let request = dump_request(family, self.seq, port);
+    fn send(&mut self, request: &[u8]) -> io::Result<()> {
         let to = NetlinkAddr::new(0, 0);
-        retry_eintr(|| sendto(self.fd.as_raw_fd(), &request, &to, MsgFlags::empty()))?;
+        retry_eintr(|| sendto(self.fd.as_raw_fd(), request, &to, MsgFlags::empty()))?;
+        Ok(())
+    }
+
+    /// Reads datagrams until the answer to the current request is complete.
+    fn receive(&mut self, mut each: impl FnMut(Listener)) -> io::Result<()> {
         loop {
             let n = retry_eintr(|| recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()))?;
             if n == 0 {
                 return Err(io::Error::other("sock_diag: empty netlink reply"));
             }
-            let mut rest = &self.buf[..n];
-            while rest.len() >= NLMSG_HDR_LEN {
-                let len = u32_at(rest, 0) as usize;
-                if len < NLMSG_HDR_LEN || len > rest.len() {
-                    return Err(io::Error::other("sock_diag: malformed netlink message"));
-                }
-                let kind = u16_at(rest, 4);
-                let seq = u32_at(rest, 8);
-                let body = &rest[NLMSG_HDR_LEN..len];
-                rest = &rest[align4(len).min(rest.len())..];
-                if seq != self.seq {
-                    continue; // left over from an earlier, abandoned dump
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let errno = body.get(..4).map_or(0, |b| i32_at(b, 0));
-                        return Err(if errno < 0 {
-                            io::Error::from_raw_os_error(-errno)
-                        } else {
-                            io::Error::other("sock_diag: netlink error")
-                        });
-                    }
-                    SOCK_DIAG_BY_FAMILY => {
-                        if let Some(listener) = parse_listener(body)
-                            && (port == 0 || listener.addr.port() == port)
-                        {
-                            each(listener);
-                        }
-                    }
-                    _ => {}
-                }
+            match parse_datagram(&self.buf[..n], self.seq, &mut each)? {
+                Reply::Done => return Ok(()),
+                Reply::More => {}
             }
         }
     }
 }
 
-/// `nlmsghdr` + `inet_diag_req_v2`: dump TCP sockets in LISTEN state.
+/// Where a reply stands after one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer is complete.
+    Done,
+    /// More datagrams follow (a dump in progress, or nothing of ours yet).
+    More,
+}
+
+/// Parses one netlink datagram of a sock_diag reply to request `seq`: each
+/// listening socket in it goes to `each`. An exact lookup's reply is one
+/// message (a socket, or the error `ENOENT` for none); a dump ends with
+/// `NLMSG_DONE`. Messages of other sequence numbers (left over from an
+/// abandoned request) are skipped; malformed input is an error, never a
+/// panic.
+pub fn parse_datagram(bytes: &[u8], seq: u32, mut each: impl FnMut(Listener)) -> io::Result<Reply> {
+    let mut rest = bytes;
+    let mut reply = Reply::More;
+    while rest.len() >= NLMSG_HDR_LEN {
+        let len = u32_at(rest, 0) as usize;
+        if len < NLMSG_HDR_LEN || len > rest.len() {
+            return Err(io::Error::other("sock_diag: malformed netlink message"));
+        }
+        let kind = u16_at(rest, 4);
+        let flags = u16_at(rest, 6);
+        let message_seq = u32_at(rest, 8);
+        let body = &rest[NLMSG_HDR_LEN..len];
+        rest = &rest[align4(len).min(rest.len())..];
+        if message_seq != seq {
+            continue;
+        }
+        match kind {
+            NLMSG_DONE => return Ok(Reply::Done),
+            NLMSG_ERROR => {
+                let errno = body.get(..4).map_or(0, |b| i32_at(b, 0));
+                return match errno {
+                    e if e == -ENOENT => Ok(Reply::Done),
+                    e if e < 0 => Err(io::Error::from_raw_os_error(-e)),
+                    _ => Err(io::Error::other("sock_diag: netlink error")),
+                };
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(listener) = parse_listener(body) {
+                    each(listener);
+                }
+                // Without NLM_F_MULTI this was the whole answer of an exact
+                // lookup.
+                if flags & 0x2 == 0 {
+                    reply = Reply::Done;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(reply)
+}
+
 /// Connects to the listener on `addr` until its accept queue is full, as the
 /// kernel's table reports it, and returns the connections (keep them, or the
 /// queue empties). The listener then stands for a VM too busy to accept: a
@@ -183,8 +232,7 @@ pub fn fill_accept_queue(addr: SocketAddr) -> io::Result<Vec<std::net::TcpStream
     let mut table = ListenTable::open()?;
     let mut queued = Vec::new();
     while queued.len() < 10_000 {
-        let listeners = table.listeners(addr.port())?;
-        let listener = listeners.iter().find(|l| l.serves(addr)).ok_or_else(|| {
+        let listener = table.listener_for(addr)?.ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("nothing listens on {addr}"),
@@ -204,29 +252,63 @@ pub fn fill_accept_queue(addr: SocketAddr) -> io::Result<Vec<std::net::TcpStream
     )))
 }
 
-/// With `port` set (not 0), the kernel only reports listeners on that
-/// port: the cost of a probe no longer grows with every listening socket of
-/// the host (measured: 2.1 ms for 3000 listeners without it, 0.15 ms with).
+/// `nlmsghdr` + `inet_diag_req_v2` for a dump of TCP sockets in LISTEN
+/// state. With `port` set (not 0), the kernel only reports listeners on that
+/// port.
 fn dump_request(family: u8, seq: u32, port: u16) -> Vec<u8> {
+    let mut msg = request_header(NLM_F_REQUEST | NLM_F_DUMP, seq, family);
+    // inet_diag_sockid: idiag_sport (network order) filters; the rest is
+    // zero for a dump.
+    msg.extend_from_slice(&port.to_be_bytes());
+    msg.resize(NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN, 0);
+    msg
+}
+
+/// `nlmsghdr` + `inet_diag_req_v2` for an exact lookup: the kernel takes
+/// `src`/`sport` as the local end and `dst`/`dport` as the remote one, and
+/// returns the socket an incoming connection from the remote end would
+/// reach. The remote end is the target's own address, port 0 (no connection
+/// has port 0, so no established socket matches: only a listener can).
+fn exact_request(target: SocketAddr, seq: u32) -> Vec<u8> {
+    let (family, ip) = match target.ip() {
+        IpAddr::V4(v4) => {
+            let mut ip = [0u8; 16];
+            ip[..4].copy_from_slice(&v4.octets());
+            (AF_INET, ip)
+        }
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+    };
+    let mut msg = request_header(NLM_F_REQUEST, seq, family);
+    msg.extend_from_slice(&target.port().to_be_bytes()); // idiag_sport
+    msg.extend_from_slice(&0u16.to_be_bytes()); // idiag_dport
+    msg.extend_from_slice(&ip); // idiag_src
+    msg.extend_from_slice(&ip); // idiag_dst
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // idiag_if
+    msg.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    msg.extend_from_slice(&INET_DIAG_NOCOOKIE.to_ne_bytes());
+    debug_assert_eq!(msg.len(), NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN);
+    msg
+}
+
+/// The netlink header and the first fields of `inet_diag_req_v2`, up to
+/// its socket id.
+fn request_header(flags: u16, seq: u32, family: u8) -> Vec<u8> {
     let len = NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN;
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
     msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
     msg.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
     msg.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    // inet_diag_sockid: idiag_sport (network order) filters; the rest is
-    // zero for a dump.
-    msg.extend_from_slice(&port.to_be_bytes());
-    msg.resize(len, 0);
     msg
 }
 
-/// `inet_diag_msg` and its attributes -> a listener.
+/// `inet_diag_msg` and its attributes -> a listener (`None` for a socket
+/// that is not listening, or a message too short).
 fn parse_listener(body: &[u8]) -> Option<Listener> {
-    if body.len() < INET_DIAG_MSG_LEN {
+    if body.len() < INET_DIAG_MSG_LEN || body[1] != TCP_LISTEN {
         return None;
     }
     let port = u16::from_be_bytes([body[4], body[5]]);
@@ -256,6 +338,7 @@ fn parse_listener(body: &[u8]) -> Option<Listener> {
         accept_queue: u32_at(body, 56),
         backlog: u32_at(body, 60),
         v6only,
+        uid: u32_at(body, 64),
         inode: u32_at(body, 68),
     })
 }
@@ -290,7 +373,7 @@ fn i32_at(bytes: &[u8], at: usize) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::net::{SocketAddr, TcpListener};
 
     #[test]
     fn a_listening_loopback_port_is_in_the_table_and_a_closed_one_is_not() {
@@ -306,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn the_accept_queue_is_reported() {
+    fn the_accept_queue_and_the_owner_are_reported_by_both_queries() {
         let Ok(mut table) = ListenTable::open() else {
             return;
         };
@@ -317,6 +400,59 @@ mod tests {
         let ours = found.iter().find(|l| l.addr == addr).expect("listed");
         assert_eq!(ours.accept_queue, 1);
         assert!(ours.backlog >= 1);
+        assert_eq!(ours.uid, nix::unistd::geteuid().as_raw());
+        let exact = table.listener_for(addr).expect("query").expect("found");
+        assert_eq!(&exact, ours);
+    }
+
+    #[test]
+    fn the_exact_lookup_finds_the_socket_a_connection_would_reach() {
+        let Ok(mut table) = ListenTable::open() else {
+            return;
+        };
+        // A dual-stack :: socket takes IPv4 connections: found for 127.0.0.1.
+        let Ok(dual) = TcpListener::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let port = dual.local_addr().expect("addr").port();
+        let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+        let found = table.listener_for(v4).expect("query").expect("found");
+        assert!(found.addr.is_ipv6() && found.serves(v4), "{found:?}");
+        // An established connection on the port is not a listener.
+        let client = std::net::TcpStream::connect(v4).expect("connect");
+        let (_server_end, _) = dual.accept().expect("accept");
+        drop(dual);
+        assert_eq!(table.listener_for(v4).expect("query"), None);
+        let local = client.local_addr().expect("addr");
+        assert_eq!(table.listener_for(local).expect("query"), None);
+    }
+
+    #[test]
+    fn garbage_datagrams_are_errors_or_skipped_never_a_panic() {
+        let mut seen = 0;
+        for bytes in [
+            &[][..],
+            &[1, 2, 3][..],
+            &[0xff; 16][..],
+            &[16, 0, 0, 0, 20, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0][..],
+            &[
+                20, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff,
+            ][..],
+        ] {
+            let _ = parse_datagram(bytes, 7, |_| seen += 1);
+        }
+        assert_eq!(seen, 0);
+        let enoent = [
+            20, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(
+            parse_datagram(&enoent, 7, |_| ()).expect("ENOENT"),
+            Reply::Done
+        );
+        assert_eq!(
+            parse_datagram(&enoent, 8, |_| ()).expect("other seq"),
+            Reply::More
+        );
     }
 
     #[test]
@@ -327,6 +463,7 @@ mod tests {
             backlog: 1,
             v6only: false,
             inode: 0,
+            uid: 0,
         };
         assert!(any4.serves("127.0.0.1:80".parse().expect("addr")));
         assert!(!any4.serves("127.0.0.1:81".parse().expect("addr")));

@@ -16,13 +16,18 @@
 //!
 //! Other hosts, and hosts where sock_diag is unavailable, are always probed
 //! by connecting.
+//!
+//! A port is the VM's only if its listener is: a prober given an owner
+//! ([`Prober::owned_by`]) counts a listener of any other user as a
+//! [`Found::Stranger`], never as up. (A connect cannot tell who listens; the
+//! owner is checked wherever the table is read.)
 
 use std::fmt;
 use std::net::{SocketAddr, TcpStream};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::listen_table::ListenTable;
+use crate::listen_table::{ListenTable, Listener};
 
 /// Connects to `addr` within `timeout`; true if the connection was accepted
 /// by the kernel on behalf of a listening socket.
@@ -66,7 +71,22 @@ impl fmt::Display for ProbeMethod {
     }
 }
 
-/// Answers "is anything listening on this address?" with a fixed method and
+/// What a probe found on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A listener of the expected owner (or of anyone, without one), or a
+    /// connect that succeeded.
+    Up,
+    /// A listener of another user: not the VM, never routed to.
+    Stranger {
+        /// The listener's owner.
+        uid: u32,
+    },
+    /// Nothing listens.
+    Down,
+}
+
+/// Answers "is the VM listening on this address?" with a fixed method and
 /// timeout, keeping the netlink socket open between questions.
 #[derive(Debug)]
 pub struct Prober {
@@ -74,6 +94,8 @@ pub struct Prober {
     table: Option<ListenTable>,
     /// After a failure of the table: when to try opening it again.
     reopen_at: Option<Instant>,
+    /// The only user whose listeners count.
+    owner: Option<u32>,
 }
 
 /// How long a prober connects instead after the table failed, before it
@@ -89,11 +111,18 @@ impl Prober {
             timeout,
             table: None,
             reopen_at: None,
+            owner: None,
         };
         if method == ProbeMethod::ListenTable {
             prober.open_table();
         }
         prober
+    }
+
+    /// Counts only listeners of `uid` (none: anyone's).
+    pub fn owned_by(mut self, uid: Option<u32>) -> Prober {
+        self.owner = uid;
+        self
     }
 
     fn open_table(&mut self) {
@@ -128,46 +157,71 @@ impl Prober {
         self.timeout
     }
 
-    /// True if `addr` is listening.
+    /// True if the VM listens on `addr` (a stranger's listener is not it).
     pub fn is_listening(&mut self, addr: SocketAddr) -> bool {
-        self.is_listening_until(addr, Instant::now() + self.timeout)
+        self.find(addr) == Found::Up
     }
 
-    /// True if `addr` is listening; a connect gives up at `deadline` (or
-    /// after the prober's timeout, whichever comes first).
+    /// What listens on `addr`.
+    pub fn find(&mut self, addr: SocketAddr) -> Found {
+        self.find_until(addr, Instant::now() + self.timeout)
+    }
+
+    /// True if the VM listens on `addr`; a connect gives up at `deadline`
+    /// (or after the prober's timeout, whichever comes first).
     pub fn is_listening_until(&mut self, addr: SocketAddr, deadline: Instant) -> bool {
+        self.find_until(addr, deadline) == Found::Up
+    }
+
+    fn find_until(&mut self, addr: SocketAddr, deadline: Instant) -> Found {
         if addr.ip().is_loopback()
             && let Some(table) = self.table()
         {
-            match table.is_listening(addr) {
-                Ok(listening) => return listening,
+            match table.listener_for(addr) {
+                Ok(listener) => return self.judge(listener),
                 Err(e) => self.table_failed(&e),
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        !left.is_zero() && connect_probe(addr, left.min(self.timeout))
+        if !left.is_zero() && connect_probe(addr, left.min(self.timeout)) {
+            Found::Up
+        } else {
+            Found::Down
+        }
     }
 
-    /// Which of `ports` listen on 127.0.0.1: with the table, one dump for
-    /// all of them; by connecting, one probe each.
-    pub fn listening_ports(&mut self, ports: &[u16]) -> Vec<u16> {
-        let host = std::net::Ipv4Addr::LOCALHOST;
-        if let Some(table) = self.table() {
-            match table.listeners(0) {
-                Ok(listeners) => {
-                    return ports
-                        .iter()
-                        .copied()
-                        .filter(|&p| {
-                            listeners
-                                .iter()
-                                .any(|l| l.serves(SocketAddr::new(host.into(), p)))
-                        })
-                        .collect();
-                }
-                Err(e) => self.table_failed(&e),
+    fn judge(&self, listener: Option<Listener>) -> Found {
+        match (listener, self.owner) {
+            (None, _) => Found::Down,
+            (Some(l), Some(owner)) if l.uid != owner => Found::Stranger { uid: l.uid },
+            (Some(_), _) => Found::Up,
+        }
+    }
+
+    /// The VM's listener on `addr` from the kernel's table (its queue), if
+    /// the table can be read and the listener has the right owner. Asked of
+    /// the table even by a connect prober: a VM whose accept queue is full
+    /// fails a connect, and only the table tells that it is busy, not dead.
+    pub fn listener(&mut self, addr: SocketAddr) -> Option<Listener> {
+        let found = match self.table() {
+            Some(table) => table.listener_for(addr),
+            None => ListenTable::open().ok()?.listener_for(addr),
+        };
+        match found {
+            Ok(Some(l)) if self.owner.is_none_or(|owner| owner == l.uid) => Some(l),
+            Ok(_) => None,
+            Err(e) => {
+                self.table_failed(&e);
+                None
             }
         }
+    }
+
+    /// Which of `ports` the VM listens on at 127.0.0.1: one exact lookup
+    /// each in the table (its cost does not grow with the host's other
+    /// listeners), or one connect each.
+    pub fn listening_ports(&mut self, ports: &[u16]) -> Vec<u16> {
+        let host = std::net::Ipv4Addr::LOCALHOST;
         ports
             .iter()
             .copied()
