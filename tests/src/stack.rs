@@ -75,6 +75,8 @@ pub struct Options {
     pub start_timeout_ms: u64,
     /// The classic three-`prg:` rules of 2008 instead of the live map.
     pub classic: bool,
+    /// More image-launcher flags (`SEASIDE_LAUNCHER_OPTIONS`).
+    pub launcher_options: String,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             vm_args: Vec::new(),
             start_timeout_ms: 10_000,
             classic: false,
+            launcher_options: "--hang-timeout-s 60".into(),
         }
     }
 }
@@ -141,7 +144,8 @@ impl Stack {
             .arg("--bin")
             .arg(binaries())
             .args(["--vm-cmd", &vm_cmd.join(" ")])
-            .args(["--start-timeout-ms", &options.start_timeout_ms.to_string()]);
+            .args(["--start-timeout-ms", &options.start_timeout_ms.to_string()])
+            .args(["--launcher-options", &options.launcher_options]);
         if options.classic {
             init.arg("--classic");
         }

@@ -11,7 +11,11 @@
 //! A request without a live `session` cookie of this VM gets a new session
 //! (`Set-Cookie: session=<16 hex>`); a request whose `server` cookie is
 //! missing or names another VM gets `Set-Cookie: server=app<port>`.
-//! `?sleep_ms=N` (at most 10000) delays the answer.
+//! `?sleep_ms=N` (at most 10000) delays the answer (a long honest request).
+//! A path ending in `/health` answers `OK`, or `DYING` with a 503 once the VM
+//! wants no new session (`--dying-after N` requests, or SIGUSR1); one ending
+//! in `/hang` makes the VM hang for real: nothing is accepted or read any
+//! more (see `control`).
 //!
 //! # Files
 //! None. Logs go to stderr: a `listening on ADDR (pid N)` line once the port
@@ -24,6 +28,7 @@
 //! A malformed request gets a 4xx and its connection is closed; nothing a
 //! client sends stops the server.
 
+mod control;
 mod http;
 mod server;
 mod sessions;
@@ -34,6 +39,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::control::Control;
 use crate::server::{Config, LOG};
 
 /// A Seaside-like demo app server: one per port, sessions in memory, a
@@ -73,6 +79,16 @@ struct Args {
     /// socket open (its accept queue fills up, then connects time out).
     #[arg(long)]
     never_accept: bool,
+
+    /// Serve one connection at a time, as a single-threaded VM does: the
+    /// others wait in the kernel's accept queue meanwhile.
+    #[arg(long)]
+    serial: bool,
+
+    /// Answer DYING on the health path after this many requests (SIGUSR1
+    /// does it at any time).
+    #[arg(long, value_name = "N")]
+    dying_after: Option<u64>,
 }
 
 const HELP_BODY: &str = "\
@@ -91,17 +107,23 @@ impl Args {
             exit_after: self.exit_after_s.map(Duration::from_secs),
             session_ttl: Duration::from_secs(self.session_ttl_s),
             never_accept: self.never_accept,
+            serial: self.serial,
         }
     }
 }
 
 fn main() -> ExitCode {
-    let config = Args::parse().into_config();
+    let args = Args::parse();
+    let control: &'static Control = Box::leak(Box::new(Control::new(args.dying_after)));
+    let config = args.into_config();
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
-    match server::run(&config) {
+    if let Err(e) = control::dying_on_sigusr1(control) {
+        tracing::warn!(target: LOG, "SIGUSR1 will not turn the VM DYING: {e}");
+    }
+    match server::run(&config, control) {
         Ok(never) => match never {},
         Err(e) => {
             tracing::error!(target: LOG, "exiting (status 2): {e:#}");

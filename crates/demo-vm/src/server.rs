@@ -1,5 +1,7 @@
 //! The VM's life: wait (`--start-delay-ms`), listen, serve each connection on
-//! its own thread, expire sessions, and exit when idle or when told to crash.
+//! its own thread (or, with `--serial`, one connection at a time, as a
+//! single-threaded VM does), expire sessions, and exit when idle or when told
+//! to crash.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::control::Control;
 use crate::http::{self, Body, ReadError, Status};
 use crate::sessions::{self, Sessions};
 
@@ -38,6 +41,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Listen, but never accept: a VM that has hung with its socket open.
     pub never_accept: bool,
+    /// Serve one connection at a time, on the accepting thread.
+    pub serial: bool,
 }
 
 /// What every connection thread shares.
@@ -47,10 +52,11 @@ struct Vm {
     /// `app<port>`: the value of the `server` cookie.
     name: String,
     sessions: Sessions,
+    control: &'static Control,
 }
 
 /// Runs the VM until it exits on its own (idle, simulated crash) or is killed.
-pub fn run(config: &Config) -> anyhow::Result<Infallible> {
+pub fn run(config: &Config, control: &'static Control) -> anyhow::Result<Infallible> {
     if let Some(after) = config.exit_after {
         if after.is_zero() {
             crash(after);
@@ -72,6 +78,7 @@ pub fn run(config: &Config) -> anyhow::Result<Infallible> {
         port: local.port(),
         name: format!("app{}", local.port()),
         sessions: Sessions::new(config.session_ttl),
+        control,
     });
     let idle_exit = config.idle_exit;
     let reaper = Arc::clone(&vm);
@@ -85,7 +92,9 @@ pub fn run(config: &Config) -> anyhow::Result<Infallible> {
         }
     }
     loop {
+        control.stop_if_hung();
         match listener.accept() {
+            Ok((stream, _)) if config.serial => serve(&stream, &vm),
             Ok((stream, _)) => {
                 let vm = Arc::clone(&vm);
                 if let Err(e) = spawn(move || serve(&stream, &vm)) {
@@ -166,6 +175,7 @@ fn exchange(
     head: &mut Vec<u8>,
     body: &mut String,
 ) -> Result<bool, ReadError> {
+    vm.control.stop_if_hung();
     http::read_head(reader, head)?;
     let req = http::parse(head).map_err(ReadError::Reject)?;
     if req.expect_continue && req.body != Body::Empty {
@@ -173,6 +183,13 @@ fn exchange(
         writer.flush()?;
     }
     http::skip_body(reader, req.body)?;
+    if req.path.ends_with("/hang") {
+        vm.control.hang();
+    }
+    if req.path.ends_with("/health") {
+        return health(vm, writer, req.keep_alive);
+    }
+    vm.control.count_request();
 
     let visit = vm.sessions.visit(
         req.cookies()
@@ -225,6 +242,25 @@ fn exchange(
     }
     writer.flush()?;
     Ok(req.keep_alive)
+}
+
+/// `OK` (200) or `DYING` (503), for the launcher's `--health-path`; no
+/// session, no cookie.
+fn health(vm: &Vm, writer: &mut BufWriter<&TcpStream>, keep_alive: bool) -> Result<bool, ReadError> {
+    let (status, body) = if vm.control.dying() {
+        ("503 Service Unavailable", "DYING\n")
+    } else {
+        ("200 OK", "OK\n")
+    };
+    write!(
+        writer,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n\
+         Content-Length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    )?;
+    writer.flush()?;
+    Ok(keep_alive)
 }
 
 /// Answers `status` and closes. The close lingers: closing a socket with

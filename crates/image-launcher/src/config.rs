@@ -89,6 +89,31 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub check_every_ms: u64,
 
+    /// With --live-map: a VM is hung when work has waited for it (a
+    /// connection in its accept queue, unread bytes on a connection it
+    /// accepted) and it has taken none of it (accepted nothing, read nothing)
+    /// for this long. It then leaves the live map at once and, if its pid
+    /// record proves it is ours, is killed, to be relaunched on demand. Read
+    /// from the kernel's queues: no request is sent to the VM. Choose it
+    /// longer than any honest request (a quiet VM is never hung, and a
+    /// request longer than this holding others up is).
+    #[arg(long, value_name = "S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub hang_timeout_s: u64,
+
+    /// With --live-map: ask each VM that is up GET PATH every
+    /// --health-every-s; an answer DYING (the body, with any status) puts the
+    /// VM in drain: no new session (out of ALL), its sessions stay. No
+    /// answer is not a verdict (a busy VM cannot answer). Without it, no
+    /// request is ever sent to a VM.
+    #[arg(long, value_name = "PATH", requires = "live_map")]
+    pub health_path: Option<String>,
+
+    /// How often --health-path is asked.
+    #[arg(long, value_name = "S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub health_every_s: u64,
+
     /// At most this many VMs starting at once by this launcher (for new
     /// sessions, and when the active set is started after a boot or a
     /// cut-over); 0 means the number of CPUs. `--wait` lookups do not count.
@@ -178,6 +203,12 @@ pub struct Config {
     pub check_every: Duration,
     /// At most this many of our VMs starting at once.
     pub max_starting: usize,
+    /// No progress with work waiting for this long: hung.
+    pub hang_timeout: Duration,
+    /// The VMs' health path (`/...`), if asked.
+    pub health_path: Option<String>,
+    /// How often it is asked.
+    pub health_every: Duration,
     /// The probe.
     pub probe: ProbeMethod,
     /// The VM's working directory.
@@ -202,6 +233,12 @@ impl Config {
             .map(live_map_path)
             .transpose()
             .context("--live-map")?;
+        if let Some(path) = &args.health_path {
+            ensure!(
+                path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic()),
+                "--health-path {path:?}: must start with / and hold no space or control character"
+            );
+        }
         let mut command = args.command.into_iter();
         let program = PathBuf::from(command.next().context("no CMD after --")?);
         // Not fatal: a launcher that exits leaves Apache's map dead until the
@@ -234,6 +271,9 @@ impl Config {
             balance: args.balance,
             live_map,
             check_every: Duration::from_millis(args.check_every_ms),
+            hang_timeout: Duration::from_secs(args.hang_timeout_s),
+            health_path: args.health_path,
+            health_every: Duration::from_secs(args.health_every_s),
             max_starting: match args.max_starting {
                 0 => std::thread::available_parallelism().map_or(1, usize::from),
                 n => n,

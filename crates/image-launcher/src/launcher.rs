@@ -47,8 +47,11 @@ enum Seen {
     /// The VM listens and the port is published: it may take a session.
     Up,
     /// The VM listens but the port is not in the live map yet: the writer is
-    /// about to publish it; neither launched nor answered meanwhile.
+    /// about to publish it (or the VM is hung: it stays out of the map);
+    /// neither launched nor answered meanwhile.
     Pending,
+    /// The VM asked to drain: it takes no new session; not launched.
+    Draining,
     /// Another user's socket listens there: never answered, never launched.
     Stranger(u32),
     /// Nothing listens.
@@ -101,7 +104,7 @@ impl Launcher {
         let port = self.key_port(key)?;
         match self.see(port) {
             Seen::Up => return Ok(port.to_string()),
-            Seen::Pending => {}
+            Seen::Pending | Seen::Draining => {}
             Seen::Stranger(uid) => self.log_repeat(port, "stranger", || {
                 format!("port {port}: a socket of uid {uid}, not the VM user, listens there: not answered, not launched")
             }),
@@ -151,12 +154,19 @@ impl Launcher {
             Found::Up => {
                 // Our own launch answers only once the VM's pid record is
                 // written (a VM can listen a millisecond after its spawn).
-                let published = !self.shared.table.is_launching(port)
-                    && self
-                        .published
-                        .as_mut()
-                        .is_none_or(|map| map.ports().contains(&port));
-                if published { Seen::Up } else { Seen::Pending }
+                if self.shared.table.is_launching(port) {
+                    return Seen::Pending;
+                }
+                let Some(map) = self.published.as_mut() else {
+                    return Seen::Up;
+                };
+                if !map.ports().contains(&port) {
+                    Seen::Pending
+                } else if map.draining(port) {
+                    Seen::Draining
+                } else {
+                    Seen::Up
+                }
             }
             Found::Stranger { uid } => Seen::Stranger(uid),
             Found::Down => Seen::Down,
@@ -236,7 +246,7 @@ impl Launcher {
                         return Some(port);
                     }
                     Seen::Pending => pending = true,
-                    Seen::Stranger(_) | Seen::Down => {}
+                    Seen::Draining | Seen::Stranger(_) | Seen::Down => {}
                 }
             }
             if stop_requested() {

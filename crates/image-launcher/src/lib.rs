@@ -28,13 +28,17 @@
 //! [`config`] validates the command line; `launcher` answers lookups;
 //! `supervise` starts, watches, kills and reaps VMs; `ports` is this
 //! launcher's memory of each port; [`livemap`] is the live map file, and
-//! `writer` the thread that keeps it true.
+//! `writer` the thread that keeps it true, with its eyes on the pool in
+//! `survey` (hung VMs: `hang`) and the VMs' drain requests in `health`.
 
 pub mod config;
+mod hang;
+mod health;
 mod launcher;
 pub mod livemap;
 mod ports;
 mod supervise;
+mod survey;
 mod writer;
 
 use std::process::ExitCode;
@@ -91,10 +95,14 @@ pub fn run(args: Args) -> ExitCode {
     let writes =
         config.live_map.is_some() && keys.is_empty() && !rewritemap::successor::is_successor();
     let (table, wakeups) = match writes.then(writer::wakeup_pipe).transpose() {
-        Ok(Some((waker, wakeups))) => (
-            PortTable::new(Box::new(move || waker.wake())),
-            Some(wakeups),
-        ),
+        Ok(Some((waker, wakeups))) => {
+            let waker = Arc::new(waker);
+            let on_change = Arc::clone(&waker);
+            (
+                PortTable::new(Box::new(move || on_change.wake())),
+                Some((waker, wakeups)),
+            )
+        }
         Ok(None) => (PortTable::default(), None),
         Err(e) => {
             tracing::error!("cannot make the live map writer's pipe: {e}");
@@ -102,8 +110,8 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let shared = Arc::new(Shared::new(config, table));
-    if let Some(wakeups) = wakeups
-        && let Err(e) = writer::spawn(Arc::clone(&shared), wakeups)
+    if let Some((waker, wakeups)) = wakeups
+        && let Err(e) = writer::spawn(Arc::clone(&shared), waker, wakeups)
     {
         tracing::error!("cannot start the live map's writer: {e}");
     }

@@ -11,7 +11,10 @@
 //! ALL 3001|3002
 //! ```
 //! One `name port` line per server name of balance.conf whose VM is up, and
-//! `ALL` only when every port of the active set is up (see `writer`).
+//! `ALL` only when every port of the active set is up (see `writer`);
+//! `DRAINING p1|p2` names the VMs that asked to drain: they keep their lines
+//! (their sessions stay) but take no new session (Apache never looks the key
+//! up; the launcher reads it).
 //!
 //! # Publishing
 //! A new version is written to a temporary file in the same directory, made
@@ -49,6 +52,9 @@ use nix::sys::time::TimeSpec;
 use server_map::MapFile;
 use server_map::reload::Fingerprint;
 
+/// The key of the line naming the VMs that asked to drain.
+pub const DRAINING: &str = "DRAINING";
+
 /// What the map says: the servers that are up, and the active set when it is
 /// all up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +63,8 @@ pub struct LiveMap {
     pub servers: Vec<(String, u16)>,
     /// The active set, present only when every port of it is up.
     pub all: Option<Vec<u16>>,
+    /// VMs that asked to drain.
+    pub draining: Vec<u16>,
 }
 
 impl LiveMap {
@@ -66,9 +74,18 @@ impl LiveMap {
         for (name, port) in &self.servers {
             let _ = writeln!(text, "{name} {port}");
         }
+        let joined = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join("|")
+        };
         if let Some(all) = &self.all {
-            let ports: Vec<String> = all.iter().map(u16::to_string).collect();
-            let _ = writeln!(text, "ALL {}", ports.join("|"));
+            let _ = writeln!(text, "ALL {}", joined(all));
+        }
+        if !self.draining.is_empty() {
+            let _ = writeln!(text, "{DRAINING} {}", joined(&self.draining));
         }
         text
     }
@@ -91,16 +108,23 @@ impl LiveMap {
         let Ok(map) = MapFile::parse(bytes) else {
             return LiveMap::default();
         };
-        let all = map.get(server_map::ALL).map(|value| {
-            value
-                .alternatives()
-                .iter()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        });
+        let ports_of = |key: &str| {
+            map.get(key).map(|value| {
+                value
+                    .alternatives()
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u16>>()
+            })
+        };
         LiveMap {
-            servers: map.servers().map(|(n, p)| (n.to_owned(), p)).collect(),
-            all,
+            servers: map
+                .servers()
+                .filter(|(name, _)| *name != DRAINING)
+                .map(|(n, p)| (n.to_owned(), p))
+                .collect(),
+            all: ports_of(server_map::ALL),
+            draining: ports_of(DRAINING).unwrap_or_default(),
         }
     }
 
@@ -280,6 +304,12 @@ impl PublishedMap {
         &self.ports
     }
 
+    /// True if `port`'s VM asked to drain (no new session for it).
+    pub fn draining(&mut self, port: u16) -> bool {
+        self.refresh();
+        self.map.draining.contains(&port)
+    }
+
     /// The map published now.
     pub fn map(&mut self) -> &LiveMap {
         self.refresh();
@@ -310,6 +340,7 @@ mod tests {
         LiveMap {
             servers: vec![("app3001".into(), 3001), ("app3002".into(), 3002)],
             all: Some(vec![3001, 3002]),
+            draining: Vec::new(),
         }
     }
 
@@ -322,6 +353,14 @@ mod tests {
             "{text}"
         );
         assert_eq!(LiveMap::parse(text.as_bytes()), map);
+        let draining = LiveMap {
+            all: Some(vec![3001]),
+            draining: vec![3002],
+            ..map
+        };
+        let text = draining.render();
+        assert!(text.ends_with("ALL 3001\nDRAINING 3002\n"), "{text}");
+        assert_eq!(LiveMap::parse(text.as_bytes()), draining);
         let nothing_up = LiveMap::default();
         let text = nothing_up.file_text(Path::new("/x"));
         assert!(!text.is_empty(), "never an empty file");

@@ -58,6 +58,10 @@ struct PortState {
     failures: u32,
     /// No new launch before this instant.
     retry_at: Option<Instant>,
+    /// VMs this launcher launched on the port.
+    launches: u64,
+    /// Hung VMs this launcher stopped on the port.
+    hung_stops: u64,
 }
 
 impl PortState {
@@ -198,10 +202,26 @@ impl PortTable {
     /// The launch job started a VM.
     pub fn launched(&self, port: u16) {
         self.change(port, |s| {
+            s.launches += 1;
             s.phase = Phase::Starting {
                 since: Instant::now(),
             }
         });
+    }
+
+    /// A hung VM on the port was stopped: like a failed start, the port
+    /// backs off, so an image that hangs every time is not relaunched in a
+    /// loop; returns the backoff.
+    pub fn stopped_hung(&self, port: u16) -> Duration {
+        self.change(port, |s| {
+            s.hung_stops += 1;
+            s.fail(Instant::now())
+        })
+    }
+
+    /// (VMs launched, hung VMs stopped) on the port by this launcher.
+    pub fn counts(&self, port: u16) -> (u64, u64) {
+        self.read(port, |s| (s.launches, s.hung_stops))
     }
 
     /// The launch job found nothing to do; `elsewhere`: another launcher's

@@ -397,6 +397,53 @@ fn stop_late_vm(config: &Config, port: u16, pid: u32) {
     }
 }
 
+/// Stops the hung VM of `port` in the background, if and only if its pid
+/// record proves it is ours (pid and start time): SIGTERM and SIGCONT (a
+/// stopped VM handles it at once), a grace period, SIGKILL. The port backs
+/// off like after a failed start.
+pub fn stop_hung(shared: &Arc<Shared>, port: u16) {
+    let shared = Arc::clone(shared);
+    let spawned = rewritemap::signals::spawn_background(format!("stop-{port}"), move || {
+        let config = &shared.config;
+        let _lock = PortLock::acquire(&config.pid_dir, port, LOCK_WAIT);
+        let record = match PidRecord::read(&config.pid_dir, port) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::warn!(
+                    "port {port}: the hung VM has no pid record: not ours to stop; it stays out of the live map"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("port {port}: cannot read the hung VM's pid record ({e}): left alone");
+                return;
+            }
+        };
+        match kill_if_ours(&record, KILL_GRACE) {
+            Ok(Stopped::NotOurs) => tracing::warn!(
+                "port {port}: the pid record names pid {}, which is another process now: the hung listener is not ours to stop",
+                record.pid
+            ),
+            Ok(stopped) => {
+                let pause = shared.table.stopped_hung(port);
+                let how = match stopped {
+                    Stopped::Killed => "needed SIGKILL",
+                    Stopped::AlreadyGone => "was gone already",
+                    _ => "stopped by SIGTERM",
+                };
+                tracing::warn!(
+                    "port {port}: hung pid {} {how}; relaunched on demand, not before {pause:?}",
+                    record.pid
+                );
+            }
+            Err(e) => tracing::error!("port {port}: cannot stop hung pid {}: {e}", record.pid),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("port {port}: cannot start a thread to stop the hung VM: {e}");
+    }
+}
+
 fn log_exit(port: u16, pid: u32, status: ExitStatus, lived: Duration, listened: bool) {
     let seconds = lived.as_secs_f64();
     let never = if listened {

@@ -23,9 +23,19 @@
 //!
 //! # What it writes
 //! `name port` for each server of balance.conf (within `--ports`) whose VM
-//! listens; `ALL p1|p2|…` only when every port of the active set listens, so
-//! that while one is down new sessions still reach the launcher, which
-//! launches it on demand. See [`crate::livemap`] for the file itself.
+//! is up: it listens and is not hung (`survey`, `hang`); `ALL p1|p2|…` only
+//! when every port of the active set is up, so that while one is down new
+//! sessions still reach the launcher, which launches it on demand; the VMs
+//! that asked to drain (`health`) are left out of `ALL` and named on a
+//! `DRAINING` line. See [`crate::livemap`] for the file itself. Beside it,
+//! `LIVE_MAP.json` (see `vmpool::state`) says what the map cannot: which
+//! VMs are hung and since when, which drain, launches and stops per port.
+//!
+//! # Hung VMs
+//! A VM found hung leaves the map at once (its sessions' next requests go
+//! to a live VM instead of waiting on it); the line in the log gives the
+//! evidence; then it is stopped if its pid record proves it is ours, and
+//! relaunched on demand like a crashed VM, after the port's backoff.
 //!
 //! # Prestart
 //! When it becomes the writer and no VM of the active set listens (a boot),
@@ -44,14 +54,16 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use rewritemap::throttle::Throttle;
 use server_map::ReloadingMap;
 use vmpool::files::open_regular;
-use vmpool::{Found, Liveness, PidRecord, Prober, pidfd};
+use vmpool::state::{self, PoolState};
+use vmpool::{Liveness, PidRecord, pidfd};
 
-use crate::livemap::{LiveMap, Publisher};
+use crate::health::{self, Draining, Targets};
+use crate::livemap::{DRAINING, LiveMap, Publisher};
 use crate::ports::Claim;
-use crate::supervise::{Shared, start_launch, vm_addr};
+use crate::survey::{Survey, Surveyor};
+use crate::supervise::{Shared, start_launch, stop_hung};
 
 /// How often the pool is checked while a VM is starting.
 const CHECK_WHILE_STARTING: Duration = Duration::from_millis(5);
@@ -85,7 +97,7 @@ pub fn wakeup_pipe() -> io::Result<(Waker, Wakeups)> {
 /// Starts the writer thread: it waits to become the writer, then keeps the
 /// map. Never returns an error once started: a failure is logged and tried
 /// again.
-pub fn spawn(shared: Arc<Shared>, wakeups: Wakeups) -> io::Result<()> {
+pub fn spawn(shared: Arc<Shared>, waker: Arc<Waker>, wakeups: Wakeups) -> io::Result<()> {
     rewritemap::signals::spawn_background("live-map".into(), move || {
         let Some(path) = shared.config.live_map.clone() else {
             return;
@@ -99,6 +111,18 @@ pub fn spawn(shared: Arc<Shared>, wakeups: Wakeups) -> io::Result<()> {
         };
         tracing::info!("live map {}: this launcher writes it now", path.display());
         let mut writer = Writer::new(shared, path, wakeups);
+        if let Some(health_path) = writer.shared.config.health_path.clone() {
+            let started = health::spawn(
+                health_path,
+                writer.shared.config.health_every,
+                writer.targets.clone(),
+                writer.draining.clone(),
+                waker,
+            );
+            if let Err(e) = started {
+                tracing::error!("cannot start the health checks: {e}");
+            }
+        }
         loop {
             let next = writer.check();
             writer.wait(next);
@@ -132,9 +156,15 @@ fn wait_for_writer_lock(path: &Path) -> io::Result<File> {
 /// The writer's memory between checks.
 struct Writer {
     shared: Arc<Shared>,
+    path: PathBuf,
     publisher: Publisher,
     balance: ReloadingMap,
-    prober: Prober,
+    surveyor: Surveyor,
+    /// VMs that asked to drain, and the VMs the health checks ask.
+    draining: Draining,
+    targets: Targets,
+    /// What `LIVE_MAP.json` says now.
+    state: Option<PoolState>,
     wakeups: Wakeups,
     watch: Option<DirWatch>,
     /// A pidfd per recorded VM that runs, and the record it was opened for.
@@ -147,7 +177,6 @@ struct Writer {
     /// Ports to launch in the background, at most `--max-starting` at once.
     prestart: VecDeque<u16>,
     up: BTreeSet<u16>,
-    strangers: Throttle<u16>,
     publish_failed: bool,
 }
 
@@ -226,9 +255,13 @@ impl Writer {
             })
             .ok();
         Writer {
-            publisher: Publisher::new(path),
+            publisher: Publisher::new(path.clone()),
+            path,
             balance: ReloadingMap::new(balance_path),
-            prober: shared.prober(),
+            surveyor: Surveyor::new(shared.prober(), config.hang_timeout, config.check_every),
+            draining: Draining::default(),
+            targets: Targets::default(),
+            state: None,
             wakeups,
             watch,
             exits: HashMap::new(),
@@ -237,24 +270,46 @@ impl Writer {
             last_active: None,
             prestart: VecDeque::new(),
             up: BTreeSet::new(),
-            strangers: Throttle::new(Duration::from_secs(60)),
             publish_failed: false,
             shared,
         }
     }
 
-    /// Surveys the pool, publishes what changed, launches what must be
-    /// prestarted; returns when to check again at the latest.
+    /// Surveys the pool, publishes what changed, stops hung VMs, launches
+    /// what must be prestarted; returns when to check again at the latest.
     fn check(&mut self) -> Duration {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let started = Instant::now();
-        self.up = config
-            .ports
-            .ports()
+        let survey = self.surveyor.survey(config.ports.ports(), started);
+        self.up = survey.up();
+        for &port in &survey.newly_hung {
+            let hung = survey.hung[&port];
+            tracing::warn!(
+                "port {port}: hung: {} and nothing taken for {:.1} s: out of the live map; stopping it if it is ours",
+                hung.evidence,
+                started.duration_since(hung.since).as_secs_f64()
+            );
+            stop_hung(&shared, port);
+        }
+        // The VMs that run now (their pid records), for the drain requests.
+        let alive: HashMap<u16, u32> = self
+            .exits
             .iter()
-            .copied()
-            .filter(|&port| self.port_is_up(port))
+            .map(|(&port, (record, _))| (port, record.pid))
+            .collect();
+        self.targets.set(
+            alive
+                .iter()
+                .filter(|(port, _)| self.up.contains(port))
+                .map(|(&port, &pid)| (port, pid))
+                .collect(),
+        );
+        let draining: Vec<u16> = self
+            .draining
+            .ports(&alive)
+            .into_iter()
+            .filter(|p| self.up.contains(p))
             .collect();
         let map = self.balance.current();
         let active: Vec<u16> = map
@@ -262,16 +317,40 @@ impl Writer {
             .into_iter()
             .filter(|&p| config.ports.contains(p))
             .collect();
+        let taking: Vec<u16> = active
+            .iter()
+            .copied()
+            .filter(|p| !draining.contains(p))
+            .collect();
         let live = LiveMap {
             servers: map
                 .servers()
-                .filter(|(_, port)| self.up.contains(port))
+                .filter(|(name, port)| *name != DRAINING && self.up.contains(port))
                 .map(|(name, port)| (name.to_owned(), port))
                 .collect(),
-            all: (!active.is_empty() && active.iter().all(|p| self.up.contains(p)))
-                .then(|| active.clone()),
+            all: (!taking.is_empty() && active.iter().all(|p| self.up.contains(p)))
+                .then_some(taking),
+            draining: draining.clone(),
         };
-        match self.publisher.publish(&live) {
+        self.publish(&live, started);
+        self.publish_state(&survey, &live);
+        self.plan_prestart(active);
+        self.prestart_next();
+        self.refresh_records(false);
+        let now = Instant::now();
+        self.starting_until
+            .retain(|port, until| *until > now && !self.up.contains(port));
+        if self.publish_failed {
+            RETRY_PUBLISH
+        } else if !self.starting_until.is_empty() || self.shared.table.starting_here() > 0 {
+            CHECK_WHILE_STARTING
+        } else {
+            config.check_every
+        }
+    }
+
+    fn publish(&mut self, live: &LiveMap, started: Instant) {
+        match self.publisher.publish(live) {
             Ok(true) => {
                 self.publish_failed = false;
                 tracing::debug!(
@@ -289,37 +368,46 @@ impl Writer {
                 self.publish_failed = true;
             }
         }
-        self.plan_prestart(active);
-        self.prestart_next();
-        self.refresh_records(false);
-        let now = Instant::now();
-        self.starting_until
-            .retain(|port, until| *until > now && !self.up.contains(port));
-        if self.publish_failed {
-            RETRY_PUBLISH
-        } else if !self.starting_until.is_empty() || self.shared.table.starting_here() > 0 {
-            CHECK_WHILE_STARTING
-        } else {
-            config.check_every
-        }
     }
 
-    fn port_is_up(&mut self, port: u16) -> bool {
-        match self.prober.find(vm_addr(port)) {
-            Found::Up => {
-                self.strangers.reset(&port);
-                true
-            }
-            Found::Stranger { uid } => {
-                if let Some(held) = self.strangers.admit(port) {
-                    tracing::warn!(
-                        "port {port}: a socket of uid {uid}, not the VM user, listens there: not routed to{}",
-                        rewritemap::throttle::held_back_note(held)
-                    );
-                }
-                false
-            }
-            Found::Down => false,
+    /// Rewrites `LIVE_MAP.json` when what it says changed.
+    fn publish_state(&mut self, survey: &Survey, live: &LiveMap) {
+        let in_map = live.ports();
+        let now = std::time::SystemTime::now();
+        let state = PoolState {
+            writer_pid: std::process::id(),
+            ports: self
+                .shared
+                .config
+                .ports
+                .ports()
+                .iter()
+                .map(|&port| {
+                    let (launches, hung_kills) = self.shared.table.counts(port);
+                    state::PortState {
+                        port,
+                        listening: survey.listening.contains(&port),
+                        in_map: in_map.contains(&port),
+                        hung: survey.hung.get(&port).map(|h| state::Hung {
+                            since_unix_s: (now - h.since.elapsed())
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            accept_queue: h.evidence.accept_queue,
+                            unread_bytes: h.evidence.unread_bytes,
+                        }),
+                        draining: live.draining.contains(&port),
+                        launches,
+                        hung_kills,
+                    }
+                })
+                .collect(),
+        };
+        if self.state.as_ref() == Some(&state) {
+            return;
+        }
+        match state.write(&self.path) {
+            Ok(()) => self.state = Some(state),
+            Err(e) => tracing::debug!("live map: cannot write its state file: {e}"),
         }
     }
 

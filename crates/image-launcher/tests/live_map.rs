@@ -5,77 +5,11 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use image_launcher::livemap::LiveMap;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// A pool with a balance file (every port named, ALL = `active`) and a live
-/// map path.
-struct Site {
-    pool: Pool,
-    balance: PathBuf,
-    live: PathBuf,
-}
-
-impl Site {
-    fn new(ports: usize, active: usize) -> Site {
-        let pool = Pool::new(ports);
-        let balance = pool.dir.path().join("balance.conf");
-        let live = pool.dir.path().join("live.map");
-        let site = Site {
-            pool,
-            balance,
-            live,
-        };
-        site.set_active(&site.pool.ports[..active]);
-        site
-    }
-
-    /// Writes balance.conf as `server-map switch` does (temp file, rename).
-    fn set_active(&self, active: &[u16]) {
-        let names: String = self
-            .pool
-            .ports
-            .iter()
-            .map(|p| format!("app{p} {p}\n"))
-            .collect();
-        let all: Vec<String> = active.iter().map(u16::to_string).collect();
-        let temp = self.balance.with_extension("tmp");
-        fs::write(&temp, format!("{names}ALL {}\n", all.join("|"))).expect("write");
-        fs::rename(&temp, &self.balance).expect("rename");
-    }
-
-    fn launcher(&mut self, extra: &[&str], vm_args: &[&str]) -> usize {
-        let balance = self.balance.display().to_string();
-        let live = self.live.display().to_string();
-        let mut args = vec!["--balance", &balance, "--live-map", &live];
-        args.extend_from_slice(extra);
-        self.pool.launcher(&args, vm_args)
-    }
-
-    fn map(&self) -> LiveMap {
-        LiveMap::parse(&fs::read(&self.live).unwrap_or_default())
-    }
-
-    fn text(&self) -> String {
-        fs::read_to_string(&self.live).unwrap_or_default()
-    }
-
-    /// The pid in the header: who wrote the map.
-    fn writer(&self) -> Option<u32> {
-        let text = self.text();
-        let after = text.split("(pid ").nth(1)?;
-        after.split(')').next()?.parse().ok()
-    }
-
-    fn wait_map(&self, what: &str, mut done: impl FnMut(&LiveMap) -> bool) {
-        wait_until(what, BOUND, || done(&self.map()));
-    }
-}
 
 fn servers(ports: &[u16]) -> Vec<(String, u16)> {
     ports.iter().map(|&p| (format!("app{p}"), p)).collect()

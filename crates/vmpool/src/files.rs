@@ -72,6 +72,20 @@ pub fn trusted_owner(uid: u32) -> bool {
     uid == 0 || uid == geteuid().as_raw()
 }
 
+/// Creates `path` (which must not exist; never through a symlink) with
+/// `mode` whatever the umask, and writes `bytes` to it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)
+}
+
 /// Opens `path` without following a symlink in its last component, without
 /// blocking on a FIFO, and only if it is a regular file owned by root or us.
 /// `options` says how (read, append, create...).

@@ -2,8 +2,9 @@
 //! pid *and* start time still match and it is not a zombie.
 //!
 //! SIGTERM goes to the VM's process group (the launcher made the VM a session
-//! and group leader, so helpers it started go too), then a bounded wait, then
-//! SIGKILL for the group. A pid that now belongs to someone else is left
+//! and group leader, so helpers it started go too), followed by SIGCONT, so
+//! that a stopped VM (SIGSTOP, a debugger) handles it now rather than when
+//! someone resumes it; then a bounded wait, then SIGKILL for the group. A pid that now belongs to someone else is left
 //! alone, whatever the record says.
 
 use std::io;
@@ -42,6 +43,7 @@ pub fn kill_if_ours(record: &PidRecord, grace: Duration) -> io::Result<Stopped> 
         Liveness::Running { .. } => {}
     }
     signal_ours(record, Signal::SIGTERM)?;
+    signal_ours(record, Signal::SIGCONT)?;
     if wait_until_stopped(record, grace)? {
         return Ok(Stopped::Terminated);
     }

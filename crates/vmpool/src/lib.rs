@@ -24,6 +24,7 @@ pub mod pidrecord;
 pub mod ports;
 pub mod probe;
 pub mod spawn;
+pub mod state;
 
 pub use kill::{Stopped, kill_if_ours};
 pub use lock::PortLock;

@@ -46,6 +46,14 @@ const INET_DIAG_SKV6ONLY: u16 = 11;
 const INET_DIAG_NOCOOKIE: u32 = !0;
 const IPPROTO_TCP: u8 = 6;
 const TCP_LISTEN: u8 = 10;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+const INET_DIAG_INFO: u16 = 2;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+/// Offset of `tcpi_bytes_received` in `struct tcp_info`.
+const TCPI_BYTES_RECEIVED: usize = 128;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const ENOENT: i32 = 2;
@@ -151,18 +159,86 @@ impl ListenTable {
         Ok(())
     }
 
-    /// Reads datagrams until the answer to the current request is complete.
+    /// Reads datagrams until the answer to the current request is complete;
+    /// each listening socket goes to `each`.
     fn receive(&mut self, mut each: impl FnMut(Listener)) -> io::Result<()> {
+        self.receive_messages(|body| {
+            if let Some(listener) = parse_listener(body) {
+                each(listener);
+            }
+        })
+    }
+
+    /// Reads datagrams until the answer to the current request is complete;
+    /// each socket's `inet_diag_msg` goes to `each`.
+    fn receive_messages(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         loop {
             let n = retry_eintr(|| recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()))?;
             if n == 0 {
                 return Err(io::Error::other("sock_diag: empty netlink reply"));
             }
-            match parse_datagram(&self.buf[..n], self.seq, &mut each)? {
+            match parse_messages(&self.buf[..n], self.seq, &mut each)? {
                 Reply::Done => return Ok(()),
                 Reply::More => {}
             }
         }
+    }
+
+    /// The connections to `ports` on this host, as their VM's end sees
+    /// them: established or half-closed by the client, accepted or still in
+    /// the accept queue. One dump per address family, filtered by the kernel
+    /// (an `inet_diag` bytecode: local port in `ports`).
+    pub fn connections_on(&mut self, ports: &[u16]) -> io::Result<Vec<Connection>> {
+        let mut all = Vec::new();
+        if ports.is_empty() {
+            return Ok(all);
+        }
+        let filter = port_filter(ports);
+        for family in [AF_INET, AF_INET6] {
+            self.seq = self.seq.wrapping_add(1);
+            let request = connections_request(family, self.seq, &filter);
+            self.send(&request)?;
+            self.receive_messages(|body| {
+                if let Some(connection) = parse_connection(body)
+                    && ports.contains(&connection.local_port)
+                {
+                    all.push(connection);
+                }
+            })?;
+        }
+        Ok(all)
+    }
+}
+
+/// One TCP connection to a local port: the VM's end of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// The local port (the VM's).
+    pub local_port: u16,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The kernel's unique id of the socket.
+    pub cookie: u64,
+    /// The socket's inode; 0 while the connection waits in its listener's
+    /// accept queue (a socket no process has accepted has no file).
+    pub inode: u32,
+    /// Bytes received and not yet read by the process.
+    pub unread: u32,
+    /// Bytes received in all (`tcpi_bytes_received`), where the kernel
+    /// reports it (Linux 4.1 and later).
+    pub bytes_received: Option<u64>,
+}
+
+impl Connection {
+    /// True once the process has accepted it.
+    pub fn accepted(&self) -> bool {
+        self.inode != 0
+    }
+
+    /// Bytes the process has read so far, where the kernel tells.
+    pub fn consumed(&self) -> Option<u64> {
+        self.bytes_received
+            .map(|received| received.saturating_sub(u64::from(self.unread)))
     }
 }
 
@@ -182,6 +258,16 @@ pub enum Reply {
 /// abandoned request) are skipped; malformed input is an error, never a
 /// panic.
 pub fn parse_datagram(bytes: &[u8], seq: u32, mut each: impl FnMut(Listener)) -> io::Result<Reply> {
+    parse_messages(bytes, seq, |body| {
+        if let Some(listener) = parse_listener(body) {
+            each(listener);
+        }
+    })
+}
+
+/// [`parse_datagram`] for any socket: each `inet_diag_msg` (with its
+/// attributes) of request `seq` goes to `each`.
+fn parse_messages(bytes: &[u8], seq: u32, mut each: impl FnMut(&[u8])) -> io::Result<Reply> {
     let mut rest = bytes;
     let mut reply = Reply::More;
     while rest.len() >= NLMSG_HDR_LEN {
@@ -208,9 +294,7 @@ pub fn parse_datagram(bytes: &[u8], seq: u32, mut each: impl FnMut(Listener)) ->
                 };
             }
             SOCK_DIAG_BY_FAMILY => {
-                if let Some(listener) = parse_listener(body) {
-                    each(listener);
-                }
+                each(body);
                 // Without NLM_F_MULTI this was the whole answer of an exact
                 // lookup.
                 if flags & 0x2 == 0 {
@@ -303,6 +387,98 @@ fn request_header(flags: u16, seq: u32, family: u8) -> Vec<u8> {
     msg.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
     msg.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     msg
+}
+
+/// `nlmsghdr` + `inet_diag_req_v2` + the bytecode attribute, for a dump of
+/// established and half-closed TCP sockets whose local port passes
+/// `filter`, with their `tcp_info`.
+fn connections_request(family: u8, seq: u32, filter: &[u8]) -> Vec<u8> {
+    let states = (1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT);
+    let mut msg = request_header(NLM_F_REQUEST | NLM_F_DUMP, seq, family);
+    // idiag_ext: INET_DIAG_INFO (tcp_info), asked as bit (INFO - 1).
+    msg[NLMSG_HDR_LEN + 2] = 1 << (INET_DIAG_INFO - 1);
+    msg[NLMSG_HDR_LEN + 4..NLMSG_HDR_LEN + 8].copy_from_slice(&states.to_ne_bytes());
+    msg.resize(NLMSG_HDR_LEN + INET_DIAG_REQ_V2_LEN, 0);
+    let attr_len = 4 + filter.len();
+    msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    msg.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    msg.extend_from_slice(filter);
+    msg.resize(align4(msg.len()), 0);
+    let len = msg.len() as u32;
+    msg[..4].copy_from_slice(&len.to_ne_bytes());
+    msg
+}
+
+/// An `inet_diag` bytecode program that accepts a socket whose local port
+/// is one of `ports`, built like `ss` builds `sport = :a or sport = :b`:
+/// `[EQ a: yes next, no +12] [JMP over the rest] [EQ b ...]`, the last test
+/// jumping past the end (reject) when it fails.
+pub fn port_filter(ports: &[u16]) -> Vec<u8> {
+    match ports {
+        [] => Vec::new(),
+        [port] => {
+            // {S_EQ, yes = 8 (past this test), no = 12 (past the JMP that
+            // follows, or past the end: reject)}, then the port in `no`.
+            let mut op = vec![INET_DIAG_BC_S_EQ, 8];
+            op.extend_from_slice(&12u16.to_ne_bytes());
+            op.extend_from_slice(&[0, 0]);
+            op.extend_from_slice(&port.to_ne_bytes());
+            op
+        }
+        [first, rest @ ..] => {
+            let head = port_filter(&[*first]);
+            let tail = port_filter(rest);
+            let mut code = head;
+            // JMP: taken when the test before it passed: over the tail, to
+            // the end (accept).
+            code.push(INET_DIAG_BC_JMP);
+            code.push(4);
+            code.extend_from_slice(&((tail.len() + 4) as u16).to_ne_bytes());
+            code.extend_from_slice(&tail);
+            code
+        }
+    }
+}
+
+/// `inet_diag_msg` and its attributes -> a connection (`None` for another
+/// state, or a message too short).
+fn parse_connection(body: &[u8]) -> Option<Connection> {
+    if body.len() < INET_DIAG_MSG_LEN || !matches!(body[1], TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
+        return None;
+    }
+    let local_port = u16::from_be_bytes([body[4], body[5]]);
+    let remote_port = u16::from_be_bytes([body[6], body[7]]);
+    let dst = &body[24..40];
+    let ip = match body[0] {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3])),
+        AF_INET6 => {
+            let octets: [u8; 16] = dst.try_into().ok()?;
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        _ => return None,
+    };
+    let cookie = u64::from(u32_at(body, 44)) | (u64::from(u32_at(body, 48)) << 32);
+    let mut bytes_received = None;
+    let mut attrs = &body[INET_DIAG_MSG_LEN..];
+    while attrs.len() >= 4 {
+        let len = usize::from(u16_at(attrs, 0));
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        if u16_at(attrs, 2) == INET_DIAG_INFO && len >= 4 + TCPI_BYTES_RECEIVED + 8 {
+            let at = 4 + TCPI_BYTES_RECEIVED;
+            bytes_received = Some(u64::from(u32_at(attrs, at)) | (u64::from(u32_at(attrs, at + 4)) << 32));
+        }
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    Some(Connection {
+        local_port,
+        remote: SocketAddr::new(ip, remote_port),
+        cookie,
+        inode: u32_at(body, 68),
+        unread: u32_at(body, 56),
+        bytes_received,
+    })
 }
 
 /// `inet_diag_msg` and its attributes -> a listener (`None` for a socket
@@ -425,6 +601,59 @@ mod tests {
         assert_eq!(table.listener_for(v4).expect("query"), None);
         let local = client.local_addr().expect("addr");
         assert_eq!(table.listener_for(local).expect("query"), None);
+    }
+
+    #[test]
+    fn connections_are_seen_queued_then_accepted_with_their_unread_bytes() {
+        let Ok(mut table) = ListenTable::open() else {
+            return;
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let other_port = other.local_addr().expect("addr").port();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _elsewhere = std::net::TcpStream::connect(("127.0.0.1", other_port)).expect("connect");
+        std::io::Write::write_all(&mut client, b"GET / HTTP/1.0\r\n\r\n").expect("write");
+        let wait = |table: &mut ListenTable, done: &dyn Fn(&[Connection]) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let found = table.connections_on(&[port]).expect("dump");
+                if done(&found) {
+                    return found;
+                }
+                assert!(std::time::Instant::now() < deadline, "{found:?}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        // In the accept queue: no inode, 18 bytes unread.
+        let queued = wait(&mut table, &|c| c.len() == 1 && c[0].unread == 18);
+        assert!(!queued[0].accepted(), "{queued:?}");
+        assert!(queued.iter().all(|c| c.local_port == port), "only the asked port");
+        let (mut server_end, _) = listener.accept().expect("accept");
+        let accepted = wait(&mut table, &|c| c.len() == 1 && c[0].accepted());
+        assert_eq!(accepted[0].cookie, queued[0].cookie, "the same socket");
+        assert_eq!(accepted[0].consumed(), Some(0));
+        let mut buf = [0u8; 18];
+        std::io::Read::read_exact(&mut server_end, &mut buf).expect("read");
+        let read = wait(&mut table, &|c| c.len() == 1 && c[0].unread == 0);
+        assert_eq!(read[0].consumed(), Some(18));
+        // Several ports in one filter; none at all.
+        let both = table.connections_on(&[other_port, port]).expect("dump");
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(table.connections_on(&[]).expect("dump").is_empty());
+    }
+
+    #[test]
+    fn the_port_filter_has_the_shape_the_kernel_audits() {
+        assert_eq!(port_filter(&[80]).len(), 8);
+        // n tests and n - 1 jumps.
+        let code = port_filter(&[1, 2, 3]);
+        assert_eq!(code.len(), 3 * 8 + 2 * 4);
+        assert_eq!(code[0], INET_DIAG_BC_S_EQ);
+        assert_eq!(code[8], INET_DIAG_BC_JMP);
+        // The first jump skips the rest: 8 + 4 + 8 bytes, and itself.
+        assert_eq!(u16::from_ne_bytes([code[10], code[11]]), 8 + 4 + 8 + 4);
     }
 
     #[test]

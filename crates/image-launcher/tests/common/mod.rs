@@ -21,6 +21,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use rewritemap::client::MapProcess;
+use image_launcher::livemap::LiveMap;
 use vmpool::{PidRecord, connect_probe};
 
 pub use rewritemap::client::free_loopback_ports as free_ports;
@@ -248,3 +249,80 @@ impl Drop for Pool {
         }
     }
 }
+
+/// A pool with a balance file (every port named, ALL = `active`) and a live
+/// map path.
+pub struct Site {
+    pub pool: Pool,
+    pub balance: PathBuf,
+    pub live: PathBuf,
+}
+
+impl Site {
+    pub fn new(ports: usize, active: usize) -> Site {
+        let pool = Pool::new(ports);
+        let balance = pool.dir.path().join("balance.conf");
+        let live = pool.dir.path().join("live.map");
+        let site = Site {
+            pool,
+            balance,
+            live,
+        };
+        site.set_active(&site.pool.ports[..active]);
+        site
+    }
+
+    /// Writes balance.conf as `server-map switch` does (temp file, rename).
+    pub fn set_active(&self, active: &[u16]) {
+        let names: String = self
+            .pool
+            .ports
+            .iter()
+            .map(|p| format!("app{p} {p}\n"))
+            .collect();
+        let all: Vec<String> = active.iter().map(u16::to_string).collect();
+        let temp = self.balance.with_extension("tmp");
+        fs::write(&temp, format!("{names}ALL {}\n", all.join("|"))).expect("write");
+        fs::rename(&temp, &self.balance).expect("rename");
+    }
+
+    pub fn launcher(&mut self, extra: &[&str], vm_args: &[&str]) -> usize {
+        let balance = self.balance.display().to_string();
+        let live = self.live.display().to_string();
+        let mut args = vec!["--balance", &balance, "--live-map", &live];
+        args.extend_from_slice(extra);
+        self.pool.launcher(&args, vm_args)
+    }
+
+    pub fn map(&self) -> LiveMap {
+        LiveMap::parse(&fs::read(&self.live).unwrap_or_default())
+    }
+
+    pub fn text(&self) -> String {
+        fs::read_to_string(&self.live).unwrap_or_default()
+    }
+
+    /// The pid in the header: who wrote the map.
+    pub fn writer(&self) -> Option<u32> {
+        let text = self.text();
+        let after = text.split("(pid ").nth(1)?;
+        after.split(')').next()?.parse().ok()
+    }
+
+    pub fn wait_map(&self, what: &str, mut done: impl FnMut(&LiveMap) -> bool) {
+        let deadline = Instant::now() + BOUND;
+        while !done(&self.map()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {BOUND:?} waiting for {what}; the map:\n{}\nthe launchers:\n{}",
+                self.text(),
+                (0..self.pool.launchers.len())
+                    .map(|l| self.pool.stderr(l))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
