@@ -42,6 +42,10 @@
 //!   it, and the error is logged once per change of the file. If there has
 //!   never been a good map (bad file at start), every key is `NULL`.
 //! - A file that changes while it is read is read again (see [`reload`]).
+//! - A cut-over by `cp` is quiet: a new version read empty or cut short (a
+//!   copy in progress) keeps the last good map without a word and is read
+//!   again shortly ([`reload::SETTLE`]); only a version that stays bad is
+//!   logged as an error.
 //! - A file with errors that are not fatal (duplicate keys, empty
 //!   alternatives, ports out of range...) is used as Apache would use it,
 //!   and each error is logged once when it is loaded. `server-map check`

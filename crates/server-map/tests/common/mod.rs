@@ -98,15 +98,18 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// How many times stderr holds `needle`, once it holds it at least `n`
-/// times or [`ANSWER_WITHIN`] has passed: stderr is collected by a thread,
-/// so a line the map wrote may not have arrived yet.
-pub fn stderr_count(map: &MapProcess, needle: &str, n: usize) -> usize {
+/// times or [`ANSWER_WITHIN`] has passed. The map keeps being asked
+/// meanwhile: it writes some lines only at a lookup (a file that stays bad
+/// is logged at the first lookup after it has had time to settle), and
+/// stderr is collected by a thread, so a line may arrive late.
+pub fn stderr_count(map: &mut MapProcess, needle: &str, n: usize) -> usize {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
         let count = map.stderr().matches(needle).count();
         if count >= n || Instant::now() >= deadline {
             return count;
         }
+        ask(map, "ALL");
         std::thread::sleep(Duration::from_millis(2));
     }
 }
