@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde::Serialize;
-use server_map::{ALL, Diagnostic, MapFile, Severity, read_settled};
+use server_map::orphans::{self, Orphan, orphans};
+use server_map::{ALL, Diagnostic, MapFile, Rejected, Severity, read_settled};
 use vmpool::listen_table::ListenTable;
 use vmpool::{Liveness, PidRecord, ProbeMethod, Prober};
 
@@ -34,10 +35,19 @@ pub enum Command {
     /// ALL listing a port no key maps to, lines Apache's own reader would
     /// cut (over 1023 bytes). Warnings: indented lines (Apache ignores them),
     /// keys without a value, text after the value, no final newline, no ALL.
+    ///
+    /// With --against CURRENT (the file in place, balance.conf): also an
+    /// error for each server of CURRENT whose VM listens now and which FILE
+    /// drops or sends to another port (its sessions would lose their route),
+    /// exactly as `switch CURRENT FILE` would refuse it.
     Check {
         /// The map file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// The map in place, to see whether switching to FILE would orphan
+        /// the sessions of a VM that listens.
+        #[arg(long, value_name = "CURRENT")]
+        against: Option<PathBuf>,
     },
 
     /// Cut over atomically: validate NEW like `check`, copy it to a temp
@@ -45,15 +55,22 @@ pub enum Command {
     /// written); print what changed.
     ///
     /// FILE keeps its mode and owner (a new FILE gets 0644). If NEW has an
-    /// error, nothing is written and the exit status is 1. A running map
-    /// answers from the new file at its next lookup.
+    /// error, nothing is written and the exit status is 1. So too if NEW
+    /// drops a server of FILE whose VM listens (or sends its name to another
+    /// port): its sessions would lose their route; the servers are named,
+    /// and --force switches anyway. A running map answers from the new file
+    /// at its next lookup.
     Switch {
-        /// The live map file (balance.conf).
+        /// The map file in place (balance.conf).
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// The file to put in its place (balance.confB).
         #[arg(value_name = "NEW")]
         new: PathBuf,
+        /// Switch even if NEW leaves the sessions of a listening VM without
+        /// a route.
+        #[arg(long)]
+        force: bool,
     },
 
     /// Show every server of a map file: port, in ALL, listening, its accept
@@ -87,8 +104,8 @@ pub enum Command {
 pub fn run(command: Command) -> ExitCode {
     let out = &mut io::stdout().lock();
     let result = match command {
-        Command::Check { file } => check(out, &file),
-        Command::Switch { file, new } => switch(out, &file, &new),
+        Command::Check { file, against } => check(out, &file, against.as_deref()),
+        Command::Switch { file, new, force } => switch(out, &file, &new, force),
         Command::Status {
             file,
             pid_dir,
@@ -155,8 +172,19 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
+fn check(out: &mut impl Write, file: &Path, against: Option<&Path>) -> anyhow::Result<ExitCode> {
     let name = file.display().to_string();
+    let current = match against {
+        None => None,
+        Some(path) => match load(path) {
+            Ok(current) => Some(current),
+            Err(why) => anyhow::bail!(
+                "--against {}: {}; give the map file in place",
+                path.display(),
+                Rejected(why)
+            ),
+        },
+    };
     match load(file) {
         Err(diagnostics) => {
             print_diagnostics(&name, &diagnostics);
@@ -168,7 +196,18 @@ fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
         }
         Ok(Loaded { map, .. }) => {
             print_diagnostics(&name, map.diagnostics());
-            let errors = map.count(Severity::Error);
+            let mut errors = map.count(Severity::Error);
+            if let (Some(current), Some(against)) = (&current, against) {
+                let found = orphans(&current.map, &map, &mut orphans::prober());
+                if !found.is_empty() {
+                    errors += 1;
+                    eprintln!(
+                        "{name}: error: switching {} to it {}; `switch` refuses it without --force",
+                        against.display(),
+                        orphaning(&found)
+                    );
+                }
+            }
             let warnings = map.count(Severity::Warning);
             let verdict = match (errors, warnings) {
                 (0, 0) => "ok".to_owned(),
@@ -190,7 +229,19 @@ fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn switch(out: &mut impl Write, file: &Path, new: &Path) -> anyhow::Result<ExitCode> {
+/// `would orphan the sessions of 2 servers whose VMs listen: app3001 (port
+/// 3001), app3002 (port 3002, now 3006)`.
+fn orphaning(found: &[Orphan]) -> String {
+    let one = found.len() == 1;
+    format!(
+        "would orphan the sessions of {} whose {}: {}",
+        plural(found.len(), "server"),
+        if one { "VM listens" } else { "VMs listen" },
+        orphans::list(found),
+    )
+}
+
+fn switch(out: &mut impl Write, file: &Path, new: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let (file_name, new_name) = (file.display().to_string(), new.display().to_string());
     let next = match load(new) {
         Ok(next) => next,
@@ -215,6 +266,23 @@ fn switch(out: &mut impl Write, file: &Path, new: &Path) -> anyhow::Result<ExitC
     if before.as_ref().is_some_and(|old| old.bytes == next.bytes) {
         writeln!(out, "{file_name} already holds {new_name}; nothing to do")?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(old) = &before {
+        let found = orphans(&old.map, &next.map, &mut orphans::prober());
+        if !found.is_empty() && !force {
+            eprintln!(
+                "server-map: not switching: {new_name} {}; {file_name} is untouched \
+                 (--force switches anyway)",
+                orphaning(&found)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if !found.is_empty() {
+            eprintln!(
+                "server-map: warning: switching anyway (--force): {new_name} {}",
+                orphaning(&found)
+            );
+        }
     }
     replace(file, &next.bytes)?;
     writeln!(out, "switched {file_name} to {new_name}")?;

@@ -7,8 +7,9 @@
 //! This library is the map itself: [`MapFile`] parses a file exactly as
 //! Apache's `rnd:` reader would (see [`mapfile`] for every rule) and keeps
 //! line numbers for `server-map check`; [`ReloadingMap`] follows the file with
-//! one `stat` per lookup. `image-launcher` can use it to learn the active set
-//! (`ALL`) from the same file.
+//! one `stat` per lookup; [`orphans`] finds the servers whose VM listens and
+//! which a new map would leave without a route. `image-launcher` can use it to
+//! learn the active set (`ALL`) from the same file.
 //!
 //! ```no_run
 //! let mut map = server_map::ReloadingMap::new("/etc/seaside/balance.conf");
@@ -54,7 +55,9 @@
 #![deny(missing_docs)]
 
 pub mod mapfile;
+pub mod orphans;
 pub mod reload;
 
 pub use mapfile::{ALL, Diagnostic, MapFile, Rejected, Severity, Value};
+pub use orphans::{Orphan, OrphanWatch};
 pub use reload::{ReadError, ReloadingMap, read_settled};

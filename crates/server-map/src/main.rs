@@ -15,7 +15,9 @@
 //!
 //! # Failure modes
 //! Nothing ends the map but end of input, a closed stdout or SIGTERM; a bad
-//! file keeps the last good map (logged once per change). The subcommands
+//! file keeps the last good map (logged once per change); a file that
+//! leaves a listening VM's sessions without a route is served and logged
+//! as one warning (`switch` refuses it without `--force`). The subcommands
 //! exit 0 when all is well, 1 when the file is not good, 2 when they could
 //! not do their job.
 
@@ -28,7 +30,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rewritemap::{BadKey, CommonArgs, MapProgram};
-use server_map::ReloadingMap;
+use server_map::{MapFile, OrphanWatch, ReloadingMap};
 
 use crate::commands::Command;
 
@@ -106,13 +108,17 @@ fn serve(file: PathBuf, keys: &[OsString], common: &CommonArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let mut map = ReloadingMap::new(file);
+    let mut watch = OrphanWatch::new(&map);
     let mut rng = fastrand::Rng::new();
-    MAP.run(keys, |key| Ok::<_, BadKey>(answer(&mut map, &mut rng, key)))
+    MAP.run(keys, |key| {
+        let current = watch.current(&mut map);
+        Ok::<_, BadKey>(answer(current, &mut rng, key))
+    })
 }
 
 /// The value for `key` (one alternative at random), or `NULL`.
-fn answer(map: &mut ReloadingMap, rng: &mut fastrand::Rng, key: &str) -> Cow<'static, str> {
-    match map.current().lookup(key, rng) {
+fn answer(map: &MapFile, rng: &mut fastrand::Rng, key: &str) -> Cow<'static, str> {
+    match map.lookup(key, rng) {
         Some(value) => Cow::Owned(value.to_owned()),
         None => Cow::Borrowed(MAP.no),
     }

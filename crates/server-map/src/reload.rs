@@ -288,6 +288,16 @@ impl ReloadingMap {
         &self.map
     }
 
+    /// The map served now, as of the last look at the file (no `stat`).
+    pub fn served(&self) -> &MapFile {
+        &self.map
+    }
+
+    /// The file's path, as the log lines name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// How many maps have been installed since [`ReloadingMap::new`]: it
     /// grows by one at each `loaded` or `reloaded`, so a caller can tell
     /// that [`ReloadingMap::current`] answers from another map than before.
