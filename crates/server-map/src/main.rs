@@ -22,6 +22,7 @@
 //! not do their job.
 
 mod commands;
+mod status;
 
 use std::borrow::Cow;
 use std::ffi::OsString;
