@@ -13,8 +13,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
+use crate::status::StatusArgs;
 use anyhow::Context;
 use server_map::orphans::{self, Orphan, orphans};
 use server_map::{ALL, Diagnostic, MapFile, Rejected, Severity, read_settled};
@@ -71,8 +71,10 @@ pub enum Command {
 
     /// Show every server of a map file: port, in ALL, listening, its accept
     /// queue (waiting connections/most it holds, "full" for a VM that
-    /// accepts nothing: busy or hung), and with --pid-dir the pid and uptime
-    /// of its VM; a summary line at the end.
+    /// accepts nothing: busy or hung), with --pid-dir the pid and uptime
+    /// of its VM, with --live-map whether the live map routes to it (LIVE);
+    /// a summary line at the end (and one for the live map: how many servers
+    /// it has, and whether it has ALL).
     ///
     /// A server is a key whose value is one port (app3001 3001); ALL is the
     /// active set. States: active (in ALL, listening), draining (listening,
@@ -80,20 +82,7 @@ pub enum Command {
     /// running but not listening yet), stopping (the same, outside ALL),
     /// down (in ALL, nothing running: launched on the next request that needs
     /// it), stopped.
-    Status {
-        /// The map file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// image-launcher's pid directory, to show each VM's pid and uptime.
-        #[arg(long, value_name = "DIR")]
-        pid_dir: Option<PathBuf>,
-        /// Print JSON for scripts instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Give up on a connect probe after this long.
-        #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=5000))]
-        timeout_ms: u64,
-    },
+    Status(StatusArgs),
 }
 
 /// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
@@ -102,18 +91,7 @@ pub fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Check { file, against } => check(out, &file, against.as_deref()),
         Command::Switch { file, new, force } => switch(out, &file, &new, force),
-        Command::Status {
-            file,
-            pid_dir,
-            json,
-            timeout_ms,
-        } => crate::status::status(
-            out,
-            &file,
-            pid_dir.as_deref(),
-            json,
-            Duration::from_millis(timeout_ms),
-        ),
+        Command::Status(args) => crate::status::status(out, &args),
     };
     let result = result.and_then(|code| {
         out.flush()?;
