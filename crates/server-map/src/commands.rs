@@ -1,5 +1,6 @@
 //! The subcommands for people: `check` a file and `switch` to another one
-//! atomically here; `status` (see [`crate::status`]) from here.
+//! atomically here; `status` ([`crate::status`]) and `stop`
+//! ([`crate::stop`]) from here.
 //!
 //! Diagnostics go to stderr as `FILE:LINE: severity: message`; the one-line
 //! verdicts, the status table and `--json` go to stdout. [`run`] is the only
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::status::StatusArgs;
+use crate::stop::StopArgs;
 use anyhow::Context;
 use server_map::orphans::{self, Orphan, orphans};
 use server_map::{ALL, Diagnostic, MapFile, Rejected, Severity, read_settled};
@@ -83,6 +85,17 @@ pub enum Command {
     /// down (in ALL, nothing running: launched on the next request that needs
     /// it), stopped.
     Status(StatusArgs),
+
+    /// Stop the pool's VMs, and only ours: every process that a pid record
+    /// of --pid-dir names while its pid and start time still match. SIGTERM
+    /// to all at once, SIGKILL to those still running after --grace-s; one
+    /// line per VM, then a summary. Exit 0 when every VM recorded is gone.
+    ///
+    /// A record whose pid now belongs to another process is left alone (and
+    /// said so). Stop the site first (a2dissite and reload Apache) to keep
+    /// the launcher from launching VMs again for new requests; or stop only
+    /// some VMs (--ports), such as a drained set after a cut-over.
+    Stop(StopArgs),
 }
 
 /// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
@@ -92,6 +105,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Check { file, against } => check(out, &file, against.as_deref()),
         Command::Switch { file, new, force } => switch(out, &file, &new, force),
         Command::Status(args) => crate::status::status(out, &args),
+        Command::Stop(args) => crate::stop::stop(out, &args),
     };
     let result = result.and_then(|code| {
         out.flush()?;

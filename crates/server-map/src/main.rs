@@ -1,6 +1,6 @@
 //! `server-map`: a `RewriteMap prg:` serving `balance.conf` (Apache's
-//! `txt:`/`rnd:` syntax), re-read when it changes, plus `check`, `switch`
-//! and `status` for the people who run the site.
+//! `txt:`/`rnd:` syntax), re-read when it changes, plus `check`, `switch`,
+//! `status` and `stop` for the people who run the site.
 //!
 //! # Protocol
 //! `server-map FILE`: one key per line on stdin, one answer line on stdout.
@@ -11,7 +11,9 @@
 //! # Files
 //! FILE, the map (read only, re-read when it changes); `switch` writes a temp
 //! file next to it and renames it over it; `status --pid-dir DIR` reads
-//! image-launcher's `DIR/<port>.pid`.
+//! image-launcher's `DIR/<port>.pid`, and `stop --pid-dir DIR` signals the
+//! processes they name while these are still the ones launched; `status
+//! --live-map FILE` reads image-launcher's live map.
 //!
 //! # Failure modes
 //! Nothing ends the map but end of input, a closed stdout or SIGTERM; a bad
@@ -23,6 +25,7 @@
 
 mod commands;
 mod status;
+mod stop;
 
 use std::borrow::Cow;
 use std::ffi::OsString;
@@ -91,7 +94,7 @@ The file is re-read at the first lookup after it changes. Cut over with
   server-map switch /etc/seaside/balance.conf /etc/seaside/balance.confB
 
 By hand: server-map balance.conf ALL app3001   (exit status 0 when every key is found)
-A map file named check, switch, status or help must be given as ./check etc.";
+A map file named check, switch, status, stop or help must be given as ./check etc.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
