@@ -71,12 +71,14 @@ pub enum Command {
         force: bool,
     },
 
-    /// Show every server of a map file: port, in ALL, listening, its accept
-    /// queue (waiting connections/most it holds, "full" for a VM that
-    /// accepts nothing: busy or hung), with --pid-dir the pid and uptime
-    /// of its VM, with --live-map whether the live map routes to it (LIVE);
-    /// a summary line at the end (and one for the live map: how many servers
-    /// it has, and whether it has ALL).
+    /// Show every server of a map file (in ALL, listening, accept queue, pid,
+    /// uptime, in the live map, state) and a summary.
+    ///
+    /// QUEUE is the accept queue: waiting connections/most it holds, "full"
+    /// for a VM that accepts nothing (busy or hung). With --pid-dir: the pid
+    /// and uptime of each VM. With --live-map: whether the live map routes
+    /// to it (LIVE), and a summary line for the live map (how many servers
+    /// it has, whether it has ALL).
     ///
     /// A server is a key whose value is one port (app3001 3001); ALL is the
     /// active set. States: active (in ALL, listening), draining (listening,
@@ -86,10 +88,13 @@ pub enum Command {
     /// it), stopped.
     Status(StatusArgs),
 
-    /// Stop the pool's VMs, and only ours: every process that a pid record
-    /// of --pid-dir names while its pid and start time still match. SIGTERM
-    /// to all at once, SIGKILL to those still running after --grace-s; one
-    /// line per VM, then a summary. Exit 0 when every VM recorded is gone.
+    /// Stop the pool's VMs, only ours: SIGTERM, then SIGKILL after a grace
+    /// period; say what became of each.
+    ///
+    /// Ours: each process that a pid record of --pid-dir names, while its pid
+    /// and start time still match. SIGTERM to all at once, SIGKILL to those
+    /// still running after --grace-s; one line per VM, then a summary. Exit 0
+    /// when every VM recorded is gone, 2 if one could not be stopped.
     ///
     /// A record whose pid now belongs to another process is left alone (and
     /// said so). Stop the site first (a2dissite and reload Apache) to keep

@@ -401,8 +401,10 @@ fn fifty_cp_cut_overs_under_lookups_log_no_error() {
     // The map did meet copies in progress, and said nothing about them
     // above debug.
     assert!(lines("perhaps a copy in progress") > 0, "{stderr}");
+    // Each finished copy gets its `reloaded` line; a copy undone by the next
+    // one before any lookup (a stall of the loaded machine) is never seen.
     let reloads = lines("reloaded");
-    assert!((40..=50).contains(&reloads), "{reloads} reloads\n{stderr}");
+    assert!((25..=50).contains(&reloads), "{reloads} reloads\n{stderr}");
 }
 
 /// A file cut short is never served, and one left so is served once it has
