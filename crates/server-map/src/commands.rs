@@ -1,26 +1,25 @@
-//! The subcommands for people: `check` a file, `switch` to another one
-//! atomically, and see every server's `status`.
+//! The subcommands for people: `check` a file and `switch` to another one
+//! atomically here; `status` ([`crate::status`]) and `stop`
+//! ([`crate::stop`]) from here.
 //!
 //! Diagnostics go to stderr as `FILE:LINE: severity: message`; the one-line
-//! verdicts, the status table and `--json` go to stdout. This module is the
-//! only writer of stdout besides the map loop, and it writes through one
-//! locked handle with `writeln!` rather than `println!`, so that a reader
-//! that goes away (`server-map status FILE | head -3`) ends the command
-//! quietly instead of panicking.
+//! verdicts, the status table and `--json` go to stdout. [`run`] is the only
+//! writer of stdout besides the map loop: it holds one locked handle, which
+//! each subcommand writes to with `writeln!` rather than `println!`, so that
+//! a reader that goes away (`server-map status FILE | head -3`) ends the
+//! command quietly instead of panicking.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, ensure};
-use serde::Serialize;
-use server_map::{ALL, Diagnostic, MapFile, Severity, read_settled};
-use vmpool::listen_table::ListenTable;
-use vmpool::{Liveness, PidRecord, ProbeMethod, Prober};
+use crate::status::StatusArgs;
+use crate::stop::StopArgs;
+use anyhow::Context;
+use server_map::orphans::{self, Orphan, orphans};
+use server_map::{ALL, Diagnostic, MapFile, Rejected, Severity, read_settled};
 
 /// The subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -34,10 +33,19 @@ pub enum Command {
     /// ALL listing a port no key maps to, lines Apache's own reader would
     /// cut (over 1023 bytes). Warnings: indented lines (Apache ignores them),
     /// keys without a value, text after the value, no final newline, no ALL.
+    ///
+    /// With --against CURRENT (the file in place, balance.conf): also an
+    /// error for each server of CURRENT whose VM listens now and which FILE
+    /// drops or sends to another port (its sessions would lose their route),
+    /// exactly as `switch CURRENT FILE` would refuse it.
     Check {
         /// The map file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// The map in place, to see whether switching to FILE would orphan
+        /// the sessions of a VM that listens.
+        #[arg(long, value_name = "CURRENT")]
+        against: Option<PathBuf>,
     },
 
     /// Cut over atomically: validate NEW like `check`, copy it to a temp
@@ -45,21 +53,32 @@ pub enum Command {
     /// written); print what changed.
     ///
     /// FILE keeps its mode and owner (a new FILE gets 0644). If NEW has an
-    /// error, nothing is written and the exit status is 1. A running map
-    /// answers from the new file at its next lookup.
+    /// error, nothing is written and the exit status is 1. So too if NEW
+    /// drops a server of FILE whose VM listens (or sends its name to another
+    /// port): its sessions would lose their route; the servers are named,
+    /// and --force switches anyway. A running map answers from the new file
+    /// at its next lookup.
     Switch {
-        /// The live map file (balance.conf).
+        /// The map file in place (balance.conf).
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// The file to put in its place (balance.confB).
         #[arg(value_name = "NEW")]
         new: PathBuf,
+        /// Switch even if NEW leaves the sessions of a listening VM without
+        /// a route.
+        #[arg(long)]
+        force: bool,
     },
 
-    /// Show every server of a map file: port, in ALL, listening, its accept
-    /// queue (waiting connections/most it holds, "full" for a VM that
-    /// accepts nothing: busy or hung), and with --pid-dir the pid and uptime
-    /// of its VM; a summary line at the end.
+    /// Show every server of a map file (in ALL, listening, accept queue, pid,
+    /// uptime, in the live map, state) and a summary.
+    ///
+    /// QUEUE is the accept queue: waiting connections/most it holds, "full"
+    /// for a VM that accepts nothing (busy or hung). With --pid-dir: the pid
+    /// and uptime of each VM. With --live-map: whether the live map routes
+    /// to it (LIVE), and a summary line for the live map (how many servers
+    /// it has, whether it has ALL).
     ///
     /// A server is a key whose value is one port (app3001 3001); ALL is the
     /// active set. States: active (in ALL, listening), draining (listening,
@@ -67,40 +86,31 @@ pub enum Command {
     /// running but not listening yet), stopping (the same, outside ALL),
     /// down (in ALL, nothing running: launched on the next request that needs
     /// it), stopped.
-    Status {
-        /// The map file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// image-launcher's pid directory, to show each VM's pid and uptime.
-        #[arg(long, value_name = "DIR")]
-        pid_dir: Option<PathBuf>,
-        /// Print JSON for scripts instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Give up on a connect probe after this long.
-        #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=5000))]
-        timeout_ms: u64,
-    },
+    Status(StatusArgs),
+
+    /// Stop the pool's VMs, only ours: SIGTERM, then SIGKILL after a grace
+    /// period; say what became of each.
+    ///
+    /// Ours: each process that a pid record of --pid-dir names, while its pid
+    /// and start time still match. SIGTERM to all at once, SIGKILL to those
+    /// still running after --grace-s; one line per VM, then a summary. Exit 0
+    /// when every VM recorded is gone, 2 if one could not be stopped.
+    ///
+    /// A record whose pid now belongs to another process is left alone (and
+    /// said so). Stop the site first (a2dissite and reload Apache) to keep
+    /// the launcher from launching VMs again for new requests; or stop only
+    /// some VMs (--ports), such as a drained set after a cut-over.
+    Stop(StopArgs),
 }
 
 /// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
 pub fn run(command: Command) -> ExitCode {
     let out = &mut io::stdout().lock();
     let result = match command {
-        Command::Check { file } => check(out, &file),
-        Command::Switch { file, new } => switch(out, &file, &new),
-        Command::Status {
-            file,
-            pid_dir,
-            json,
-            timeout_ms,
-        } => status(
-            out,
-            &file,
-            pid_dir.as_deref(),
-            json,
-            Duration::from_millis(timeout_ms),
-        ),
+        Command::Check { file, against } => check(out, &file, against.as_deref()),
+        Command::Switch { file, new, force } => switch(out, &file, &new, force),
+        Command::Status(args) => crate::status::status(out, &args),
+        Command::Stop(args) => crate::stop::stop(out, &args),
     };
     let result = result.and_then(|code| {
         out.flush()?;
@@ -125,12 +135,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// A file read and parsed, or every reason it cannot be used.
-struct Loaded {
-    bytes: Vec<u8>,
-    map: MapFile,
+pub struct Loaded {
+    pub bytes: Vec<u8>,
+    pub map: MapFile,
 }
 
-fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let whole = |message: String| Diagnostic {
         line: None,
         severity: Severity::Error,
@@ -141,13 +151,13 @@ fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     Ok(Loaded { bytes, map })
 }
 
-fn print_diagnostics(name: &str, diagnostics: &[Diagnostic]) {
+pub fn print_diagnostics(name: &str, diagnostics: &[Diagnostic]) {
     for diag in diagnostics {
         eprintln!("{}", diag.display_in(name));
     }
 }
 
-fn plural(n: usize, word: &str) -> String {
+pub fn plural(n: usize, word: &str) -> String {
     if n == 1 {
         format!("1 {word}")
     } else {
@@ -155,8 +165,19 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
+fn check(out: &mut impl Write, file: &Path, against: Option<&Path>) -> anyhow::Result<ExitCode> {
     let name = file.display().to_string();
+    let current = match against {
+        None => None,
+        Some(path) => match load(path) {
+            Ok(current) => Some(current),
+            Err(why) => anyhow::bail!(
+                "--against {}: {}; give the map file in place",
+                path.display(),
+                Rejected(why)
+            ),
+        },
+    };
     match load(file) {
         Err(diagnostics) => {
             print_diagnostics(&name, &diagnostics);
@@ -168,7 +189,18 @@ fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
         }
         Ok(Loaded { map, .. }) => {
             print_diagnostics(&name, map.diagnostics());
-            let errors = map.count(Severity::Error);
+            let mut errors = map.count(Severity::Error);
+            if let (Some(current), Some(against)) = (&current, against) {
+                let found = orphans(&current.map, &map, &mut orphans::prober());
+                if !found.is_empty() {
+                    errors += 1;
+                    eprintln!(
+                        "{name}: error: switching {} to it {}; `switch` refuses it without --force",
+                        against.display(),
+                        orphaning(&found)
+                    );
+                }
+            }
             let warnings = map.count(Severity::Warning);
             let verdict = match (errors, warnings) {
                 (0, 0) => "ok".to_owned(),
@@ -190,7 +222,19 @@ fn check(out: &mut impl Write, file: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn switch(out: &mut impl Write, file: &Path, new: &Path) -> anyhow::Result<ExitCode> {
+/// `would orphan the sessions of 2 servers whose VMs listen: app3001 (port
+/// 3001), app3002 (port 3002, now 3006)`.
+fn orphaning(found: &[Orphan]) -> String {
+    let one = found.len() == 1;
+    format!(
+        "would orphan the sessions of {} whose {}: {}",
+        plural(found.len(), "server"),
+        if one { "VM listens" } else { "VMs listen" },
+        orphans::list(found),
+    )
+}
+
+fn switch(out: &mut impl Write, file: &Path, new: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let (file_name, new_name) = (file.display().to_string(), new.display().to_string());
     let next = match load(new) {
         Ok(next) => next,
@@ -215,6 +259,23 @@ fn switch(out: &mut impl Write, file: &Path, new: &Path) -> anyhow::Result<ExitC
     if before.as_ref().is_some_and(|old| old.bytes == next.bytes) {
         writeln!(out, "{file_name} already holds {new_name}; nothing to do")?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(old) = &before {
+        let found = orphans(&old.map, &next.map, &mut orphans::prober());
+        if !found.is_empty() && !force {
+            eprintln!(
+                "server-map: not switching: {new_name} {}; {file_name} is untouched \
+                 (--force switches anyway)",
+                orphaning(&found)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if !found.is_empty() {
+            eprintln!(
+                "server-map: warning: switching anyway (--force): {new_name} {}",
+                orphaning(&found)
+            );
+        }
     }
     replace(file, &next.bytes)?;
     writeln!(out, "switched {file_name} to {new_name}")?;
@@ -292,254 +353,9 @@ fn changes(before: Option<&MapFile>, after: &MapFile) -> Vec<String> {
         .collect()
 }
 
-/// One server as `status` shows it.
-#[derive(Debug, Serialize)]
-struct Row {
-    /// `None` for a port that ALL lists but no key names.
-    name: Option<String>,
-    port: u16,
-    in_all: bool,
-    listening: bool,
-    /// Connections waiting to be accepted, and the most the queue holds,
-    /// from the kernel's table of listening sockets. A full queue is a VM
-    /// that accepts nothing: busy, or hung with its socket open.
-    accept_queue: Option<u32>,
-    backlog: Option<u32>,
-    pid: Option<u32>,
-    uptime_s: Option<u64>,
-    state: &'static str,
-}
-
-impl Row {
-    fn queue_full(&self) -> bool {
-        matches!((self.accept_queue, self.backlog), (Some(q), Some(b)) if q > b)
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Summary {
-    servers: usize,
-    in_all: usize,
-    listening: usize,
-    draining: usize,
-    queue_full: usize,
-}
-
-#[derive(Debug, Serialize)]
-struct Status {
-    file: String,
-    all: Vec<u16>,
-    servers: Vec<Row>,
-    summary: Summary,
-}
-
-fn status(
-    out: &mut impl Write,
-    file: &Path,
-    pid_dir: Option<&Path>,
-    json: bool,
-    timeout: Duration,
-) -> anyhow::Result<ExitCode> {
-    if let Some(dir) = pid_dir {
-        ensure!(dir.is_dir(), "--pid-dir {}: not a directory", dir.display());
-    }
-    let name = file.display().to_string();
-    let map = match load(file) {
-        Ok(loaded) => loaded.map,
-        Err(diagnostics) => {
-            print_diagnostics(&name, &diagnostics);
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let errors = map.count(Severity::Error);
-    if errors > 0 {
-        eprintln!(
-            "server-map: {name} has {}; see server-map check {name}",
-            plural(errors, "error")
-        );
-    }
-    let status = survey(&name, &map, pid_dir, timeout);
-    if json {
-        serde_json::to_writer_pretty(&mut *out, &status)?;
-        writeln!(out)?;
-    } else {
-        print_table(out, &status)?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Probes every server's port and reads its pid record.
-fn survey(name: &str, map: &MapFile, pid_dir: Option<&Path>, timeout: Duration) -> Status {
-    let all = map.active_ports();
-    let mut ports: Vec<(Option<String>, u16)> = map
-        .servers()
-        .map(|(key, port)| (Some(key.to_owned()), port))
-        .collect();
-    for &port in &all {
-        if !ports.iter().any(|&(_, p)| p == port) {
-            ports.push((None, port));
-        }
-    }
-    // The kernel's table answers for every port at once and tells how full
-    // each accept queue is; a connect probe is the fallback.
-    let table = ListenTable::open()
-        .and_then(|mut table| table.listeners(0))
-        .ok();
-    let mut prober = Prober::new(ProbeMethod::Connect, timeout);
-    let servers: Vec<Row> = ports
-        .into_iter()
-        .map(|(name, port)| {
-            let in_all = all.contains(&port);
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let (listening, queue) = match &table {
-                Some(listeners) => match listeners.iter().find(|l| l.serves(addr)) {
-                    Some(l) => (true, Some((l.accept_queue, l.backlog))),
-                    None => (false, None),
-                },
-                None => (prober.is_listening(addr), None),
-            };
-            let (pid, age) = pid_dir.map_or((None, None), |dir| process(dir, port));
-            Row {
-                name,
-                port,
-                in_all,
-                listening,
-                accept_queue: queue.map(|(q, _)| q),
-                backlog: queue.map(|(_, b)| b),
-                pid,
-                uptime_s: age.map(|age| age.as_secs()),
-                state: state(in_all, listening, age.is_some()),
-            }
-        })
-        .collect();
-    let count = |keep: fn(&Row) -> bool| servers.iter().filter(|row| keep(row)).count();
-    let summary = Summary {
-        servers: servers.len(),
-        in_all: count(|row| row.in_all),
-        listening: count(|row| row.listening),
-        draining: count(|row| row.listening && !row.in_all),
-        queue_full: count(Row::queue_full),
-    };
-    Status {
-        file: name.to_owned(),
-        all,
-        servers,
-        summary,
-    }
-}
-
-/// The pid and age of the VM recorded for `port`, if it still runs.
-fn process(dir: &Path, port: u16) -> (Option<u32>, Option<Duration>) {
-    let record = match PidRecord::read(dir, port) {
-        Ok(Some(record)) => record,
-        Ok(None) => return (None, None),
-        Err(e) => {
-            eprintln!("server-map: warning: pid record for port {port}: {e}");
-            return (None, None);
-        }
-    };
-    match record.liveness() {
-        Ok(Liveness::Running { age }) => (Some(record.pid), Some(age)),
-        Ok(Liveness::Zombie | Liveness::Gone | Liveness::NotOurs) => (None, None),
-        Err(e) => {
-            eprintln!(
-                "server-map: warning: pid {} of port {port}: {e}",
-                record.pid
-            );
-            (None, None)
-        }
-    }
-}
-
-fn state(in_all: bool, listening: bool, running: bool) -> &'static str {
-    match (listening, running, in_all) {
-        (true, _, true) => "active",
-        (true, _, false) => "draining",
-        (false, true, true) => "starting",
-        (false, true, false) => "stopping",
-        (false, false, true) => "down",
-        (false, false, false) => "stopped",
-    }
-}
-
-/// The status table for people.
-fn print_table(out: &mut impl Write, status: &Status) -> io::Result<()> {
-    let yes = |b: bool| if b { "yes" } else { "no" };
-    let width = status
-        .servers
-        .iter()
-        .filter_map(|row| row.name.as_deref().map(str::len))
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    writeln!(
-        out,
-        "{:width$}  {:>5}  {:6}  {:9}  {:>9}  {:>7}  {:>7}  STATE",
-        "NAME", "PORT", "IN ALL", "LISTENING", "QUEUE", "PID", "UPTIME"
-    )?;
-    for row in &status.servers {
-        let queue = match (row.accept_queue, row.backlog) {
-            (Some(_), Some(_)) if row.queue_full() => "full".to_owned(),
-            (Some(q), Some(b)) => format!("{q}/{b}"),
-            _ => "-".to_owned(),
-        };
-        writeln!(
-            out,
-            "{:width$}  {:>5}  {:6}  {:9}  {:>9}  {:>7}  {:>7}  {}",
-            row.name.as_deref().unwrap_or("-"),
-            row.port,
-            yes(row.in_all),
-            yes(row.listening),
-            queue,
-            row.pid.map_or("-".to_owned(), |pid| pid.to_string()),
-            row.uptime_s.map_or("-".to_owned(), uptime),
-            row.state,
-        )?;
-    }
-    let Summary {
-        servers,
-        in_all,
-        listening,
-        draining,
-        queue_full,
-    } = &status.summary;
-    writeln!(
-        out,
-        "{}, {in_all} in ALL (active set), {listening} listening, {draining} listening outside ALL (draining){}",
-        plural(*servers, "server"),
-        if *queue_full > 0 {
-            format!(", {queue_full} with a full accept queue (busy, or hung)")
-        } else {
-            String::new()
-        }
-    )
-}
-
-/// `45s`, `12m05s`, `3h07m`, `2d04h`.
-fn uptime(secs: u64) -> String {
-    let (m, s) = (secs / 60, secs % 60);
-    let (h, m) = (m / 60, m % 60);
-    let (d, h) = (h / 24, h % 24);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m{s:02}s"),
-        (0, _, _) => format!("{h}h{m:02}m"),
-        _ => format!("{d}d{h:02}h"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uptimes_read_at_a_glance() {
-        assert_eq!(uptime(0), "0s");
-        assert_eq!(uptime(45), "45s");
-        assert_eq!(uptime(725), "12m05s");
-        assert_eq!(uptime(3 * 3600 + 7 * 60 + 9), "3h07m");
-        assert_eq!(uptime(2 * 86400 + 4 * 3600), "2d04h");
-    }
 
     #[test]
     fn changes_list_all_first_then_keys_in_file_order() {

@@ -7,8 +7,9 @@
 //! This library is the map itself: [`MapFile`] parses a file exactly as
 //! Apache's `rnd:` reader would (see [`mapfile`] for every rule) and keeps
 //! line numbers for `server-map check`; [`ReloadingMap`] follows the file with
-//! one `stat` per lookup. `image-launcher` can use it to learn the active set
-//! (`ALL`) from the same file.
+//! one `stat` per lookup; [`orphans`] finds the servers whose VM listens and
+//! which a new map would leave without a route. `image-launcher` can use it to
+//! learn the active set (`ALL`) from the same file.
 //!
 //! ```no_run
 //! let mut map = server_map::ReloadingMap::new("/etc/seaside/balance.conf");
@@ -42,6 +43,10 @@
 //!   it, and the error is logged once per change of the file. If there has
 //!   never been a good map (bad file at start), every key is `NULL`.
 //! - A file that changes while it is read is read again (see [`reload`]).
+//! - A cut-over by `cp` is quiet: a new version read empty or cut short (a
+//!   copy in progress) keeps the last good map without a word and is read
+//!   again shortly ([`reload::SETTLE`]); only a version that stays bad is
+//!   logged as an error.
 //! - A file with errors that are not fatal (duplicate keys, empty
 //!   alternatives, ports out of range...) is used as Apache would use it,
 //!   and each error is logged once when it is loaded. `server-map check`
@@ -50,7 +55,9 @@
 #![deny(missing_docs)]
 
 pub mod mapfile;
+pub mod orphans;
 pub mod reload;
 
 pub use mapfile::{ALL, Diagnostic, MapFile, Rejected, Severity, Value};
+pub use orphans::{Orphan, OrphanWatch};
 pub use reload::{ReadError, ReloadingMap, read_settled};

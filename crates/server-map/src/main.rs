@@ -1,6 +1,6 @@
 //! `server-map`: a `RewriteMap prg:` serving `balance.conf` (Apache's
-//! `txt:`/`rnd:` syntax), re-read when it changes, plus `check`, `switch`
-//! and `status` for the people who run the site.
+//! `txt:`/`rnd:` syntax), re-read when it changes, plus `check`, `switch`,
+//! `status` and `stop` for the people who run the site.
 //!
 //! # Protocol
 //! `server-map FILE`: one key per line on stdin, one answer line on stdout.
@@ -11,15 +11,21 @@
 //! # Files
 //! FILE, the map (read only, re-read when it changes); `switch` writes a temp
 //! file next to it and renames it over it; `status --pid-dir DIR` reads
-//! image-launcher's `DIR/<port>.pid`.
+//! image-launcher's `DIR/<port>.pid`, and `stop --pid-dir DIR` signals the
+//! processes they name while these are still the ones launched; `status
+//! --live-map FILE` reads image-launcher's live map.
 //!
 //! # Failure modes
 //! Nothing ends the map but end of input, a closed stdout or SIGTERM; a bad
-//! file keeps the last good map (logged once per change). The subcommands
+//! file keeps the last good map (logged once per change); a file that
+//! leaves a listening VM's sessions without a route is served and logged
+//! as one warning (`switch` refuses it without `--force`). The subcommands
 //! exit 0 when all is well, 1 when the file is not good, 2 when they could
 //! not do their job.
 
 mod commands;
+mod status;
+mod stop;
 
 use std::borrow::Cow;
 use std::ffi::OsString;
@@ -28,7 +34,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rewritemap::{BadKey, CommonArgs, MapProgram};
-use server_map::ReloadingMap;
+use server_map::{MapFile, OrphanWatch, ReloadingMap};
 
 use crate::commands::Command;
 
@@ -88,7 +94,7 @@ The file is re-read at the first lookup after it changes. Cut over with
   server-map switch /etc/seaside/balance.conf /etc/seaside/balance.confB
 
 By hand: server-map balance.conf ALL app3001   (exit status 0 when every key is found)
-A map file named check, switch, status or help must be given as ./check etc.";
+A map file named check, switch, status, stop or help must be given as ./check etc.";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -106,13 +112,17 @@ fn serve(file: PathBuf, keys: &[OsString], common: &CommonArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let mut map = ReloadingMap::new(file);
+    let mut watch = OrphanWatch::new(&map);
     let mut rng = fastrand::Rng::new();
-    MAP.run(keys, |key| Ok::<_, BadKey>(answer(&mut map, &mut rng, key)))
+    MAP.run(keys, |key| {
+        let current = watch.current(&mut map);
+        Ok::<_, BadKey>(answer(current, &mut rng, key))
+    })
 }
 
 /// The value for `key` (one alternative at random), or `NULL`.
-fn answer(map: &mut ReloadingMap, rng: &mut fastrand::Rng, key: &str) -> Cow<'static, str> {
-    match map.current().lookup(key, rng) {
+fn answer(map: &MapFile, rng: &mut fastrand::Rng, key: &str) -> Cow<'static, str> {
+    match map.lookup(key, rng) {
         Some(value) => Cow::Owned(value.to_owned()),
         None => Cow::Borrowed(MAP.no),
     }

@@ -130,6 +130,20 @@ impl fmt::Display for DiagnosticIn<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected(pub Vec<Diagnostic>);
 
+/// The refusal of a file that is text but has no entry.
+const NO_ENTRIES: &str = "holds no entries (only comments, blank or indented lines)";
+
+impl Rejected {
+    /// True if the file was refused only for having no entry: it is text,
+    /// without NUL bytes, and means "nothing" (image-launcher's live map
+    /// while no VM is up).
+    pub fn has_no_entries(&self) -> bool {
+        self.0
+            .first()
+            .is_some_and(|d| d.line.is_none() && d.message == NO_ENTRIES)
+    }
+}
+
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, diag) in self.0.iter().enumerate() {
@@ -237,7 +251,7 @@ impl MapFile {
             let mut why = vec![Diagnostic::new(
                 None,
                 Severity::Error,
-                "holds no entries (only comments, blank or indented lines)".to_owned(),
+                NO_ENTRIES.to_owned(),
             )];
             why.append(&mut map.diagnostics);
             return Err(Rejected(why));

@@ -10,13 +10,19 @@
 //! [`ATTEMPTS`] times, [`PAUSE`] apart.
 //!
 //! `cp` truncates the file and then writes it, so a reader can meet it empty
-//! (refused, see [`MapFile::parse`]) or, between two writes, cut short. A cut
-//! that falls mid-line leaves a last line without its newline: such a file
-//! is accepted only once it has stayed the same for [`PAUSE`]. A cut that
-//! falls exactly after a newline cannot be told from a whole file; the
-//! writer's next write changes the fingerprint and the next lookup reads the
-//! rest. `server-map switch` (write a temp file, rename it) never shows a
-//! partial file at all.
+//! or, between two writes, cut short. Once the map has read the file, a new
+//! version that is refused as a whole (empty, see [`MapFile::parse`]) or
+//! whose last line has no newline (cut mid-line) is taken for a copy in
+//! progress: the last good map stays, nothing is logged, and the file is read
+//! again at the first lookup [`SETTLE`] later, unless it changes before (the
+//! copy goes on: the next lookup reads it, and a good file gets the usual
+//! `reloaded` line). Only a version that is still bad after [`SETTLE`] is
+//! logged as an error, or, without its final newline, used with a warning.
+//! A cut that falls exactly after a newline cannot be told from a whole
+//! file; the writer's next write changes the fingerprint and the next lookup
+//! reads the rest. `server-map switch` (write a temp file, rename it) never
+//! shows a partial file at all. At start there is no good map to keep, so a
+//! bad file is logged at once.
 //!
 //! Timestamps are coarse (a kernel tick, or a second on some filesystems):
 //! two writes of the same size within one tick can leave the fingerprint
@@ -30,7 +36,7 @@ use std::io::{self, ErrorKind, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::mapfile::{MAX_FILE, MapFile, Severity};
 
@@ -43,6 +49,13 @@ pub const PAUSE: Duration = Duration::from_millis(1);
 
 /// A file read less than this long after its mtime is read once more later.
 pub const RACY: Duration = Duration::from_secs(2);
+
+/// How long a new version that looks like a copy in progress (refused as a
+/// whole, or without its final newline) is given to be completed before it
+/// is believed (and, if bad, logged). Much longer than any `cp` of a map
+/// takes, even on a loaded machine; it only delays the error line of a file
+/// that is really bad, never an answer (the last good map answers meanwhile).
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +184,13 @@ fn same_file(path: &Path, expected: &Fingerprint) -> io::Result<bool> {
     }
 }
 
+/// True for a file that may be a `cp` caught between its truncation and
+/// its last write: refused as a whole (empty, or not yet a map), or a last
+/// line without its newline.
+fn looks_mid_copy(bytes: &[u8], parsed: &Result<MapFile, crate::mapfile::Rejected>) -> bool {
+    parsed.is_err() || bytes.last().is_some_and(|&b| b != b'\n')
+}
+
 /// What the last `stat` of the path found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
@@ -214,6 +234,14 @@ pub struct ReloadingMap {
     torn_logged: bool,
     /// When to read once more a file whose mtime was too recent to trust.
     recheck_at: Option<SystemTime>,
+    /// A version that looks like a copy in progress, and when to read it
+    /// again to see whether it stayed that way.
+    settling: Option<(Fingerprint, Instant)>,
+    /// How many maps have been installed (see [`ReloadingMap::loads`]).
+    loads: u64,
+    /// False for the first read, at start: a bad file then is logged at
+    /// once, since there is no earlier map to keep while it settles.
+    started: bool,
 }
 
 impl ReloadingMap {
@@ -231,8 +259,12 @@ impl ReloadingMap {
             failing: false,
             torn_logged: false,
             recheck_at: None,
+            settling: None,
+            loads: 0,
+            started: false,
         };
         map.reload(Seen::stat(&map.path));
+        map.started = true;
         map
     }
 
@@ -241,7 +273,10 @@ impl ReloadingMap {
     pub fn current(&mut self) -> &MapFile {
         let now = Seen::stat(&self.path);
         let recheck_due = self.recheck_at.is_some_and(|at| SystemTime::now() >= at);
-        if now != self.seen {
+        let settled = self
+            .settling
+            .is_some_and(|(_, until)| Instant::now() >= until);
+        if now != self.seen || settled {
             self.reload(now);
         } else if recheck_due {
             tracing::debug!(
@@ -253,8 +288,26 @@ impl ReloadingMap {
         &self.map
     }
 
+    /// The map served now, as of the last look at the file (no `stat`).
+    pub fn served(&self) -> &MapFile {
+        &self.map
+    }
+
+    /// The file's path, as the log lines name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many maps have been installed since [`ReloadingMap::new`]: it
+    /// grows by one at each `loaded` or `reloaded`, so a caller can tell
+    /// that [`ReloadingMap::current`] answers from another map than before.
+    pub fn loads(&self) -> u64 {
+        self.loads
+    }
+
     fn reload(&mut self, now: Seen) {
         self.recheck_at = None;
+        let settling = self.settling.take();
         match now {
             Seen::Missing => {
                 return self.fail(now, "is missing (deleted, renamed away or never created)");
@@ -278,15 +331,34 @@ impl ReloadingMap {
         };
         self.torn_logged = false;
         self.seen = Seen::File(fingerprint);
-        self.schedule_recheck(&fingerprint);
-        let failed = std::mem::replace(&mut self.failing, false);
         if self.last_read.as_deref() == Some(&bytes[..]) {
-            if failed && self.last_read_good {
+            self.schedule_recheck(&fingerprint);
+            if std::mem::replace(&mut self.failing, false) && self.last_read_good {
                 tracing::info!("{} is back, unchanged: {}", self.name, self.map.summary());
             }
             return;
         }
-        self.last_read_good = match MapFile::parse(&bytes) {
+        let parsed = MapFile::parse(&bytes);
+        if self.started && looks_mid_copy(&bytes, &parsed) {
+            match settling {
+                Some((seen, until)) if seen == fingerprint && Instant::now() >= until => {}
+                Some((seen, until)) if seen == fingerprint => {
+                    self.settling = Some((seen, until));
+                    return;
+                }
+                _ => {
+                    tracing::debug!(
+                        "{}: empty or cut short, perhaps a copy in progress: reading it again in {SETTLE:?}",
+                        self.name
+                    );
+                    self.settling = Some((fingerprint, Instant::now() + SETTLE));
+                    return;
+                }
+            }
+        }
+        self.schedule_recheck(&fingerprint);
+        self.failing = false;
+        self.last_read_good = match parsed {
             Ok(map) => {
                 self.install(map);
                 true
@@ -306,6 +378,7 @@ impl ReloadingMap {
             "reloaded"
         };
         tracing::info!("{verb} {}: {}", self.name, map.summary());
+        self.loads += 1;
         for diag in map.diagnostics() {
             match diag.severity {
                 Severity::Error => tracing::error!("{}", diag.display_in(&self.name)),
@@ -394,6 +467,63 @@ mod tests {
         assert!(map.current().is_empty());
         fs::write(&path, "app1 1\nALL 1\n").expect("write");
         assert_eq!(map_of(&mut map), "2 keys, ALL = 1");
+    }
+
+    #[test]
+    fn a_copy_caught_empty_or_cut_short_keeps_the_map_until_it_is_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("balance.conf");
+        fs::write(&path, "app1 1\napp2 2\nALL 1\n").expect("write A");
+        let mut map = ReloadingMap::new(&path);
+        assert_eq!(map.loads(), 1);
+        for partial in ["", "app1 1\napp2 2\nALL 2|"] {
+            fs::write(&path, partial).expect("truncate or cut");
+            assert_eq!(map_of(&mut map), "3 keys, ALL = 1", "{partial:?}");
+            assert!(map.settling.is_some(), "{partial:?}: read again later");
+            assert!(map.last_read_good, "{partial:?}: not taken as read");
+        }
+        fs::write(&path, "app1 1\napp2 2\nALL 2\n").expect("the whole copy");
+        assert_eq!(map_of(&mut map), "3 keys, ALL = 2");
+        assert_eq!(map.settling, None);
+        assert_eq!(map.loads(), 2, "one reload, for the whole file");
+    }
+
+    #[test]
+    fn a_file_that_stays_bad_is_taken_as_read_once_it_has_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("balance.conf");
+        fs::write(&path, "app1 1\nALL 1\n").expect("write A");
+        let mut map = ReloadingMap::new(&path);
+        fs::write(&path, "").expect("truncate");
+        assert_eq!(map_of(&mut map), "2 keys, ALL = 1");
+        assert!(map.last_read_good, "not yet judged");
+        // As if SETTLE had passed.
+        map.settling = map.settling.map(|(fp, _)| (fp, Instant::now()));
+        assert_eq!(
+            map_of(&mut map),
+            "2 keys, ALL = 1",
+            "still the last good map"
+        );
+        assert_eq!(map.settling, None);
+        assert!(!map.last_read_good, "refused (and logged) now");
+        assert_eq!(map.last_read.as_deref(), Some(&b""[..]));
+
+        // Cut short and left so: used once settled, as Apache would.
+        fs::write(&path, "app1 1\napp2 2\nALL 2").expect("no final newline");
+        assert_eq!(map_of(&mut map), "2 keys, ALL = 1");
+        map.settling = map.settling.map(|(fp, _)| (fp, Instant::now()));
+        assert_eq!(map_of(&mut map), "3 keys, ALL = 2");
+    }
+
+    #[test]
+    fn a_bad_file_at_start_is_judged_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("balance.conf");
+        fs::write(&path, "").expect("empty");
+        let map = ReloadingMap::new(&path);
+        assert_eq!(map.settling, None);
+        assert_eq!(map.last_read.as_deref(), Some(&b""[..]));
+        assert_eq!(map.loads(), 0);
     }
 
     #[test]

@@ -202,7 +202,14 @@ fn switch_refuses_a_new_file_with_errors_and_leaves_the_file_alone() {
 #[test]
 fn switch_with_warnings_goes_ahead_and_shows_them() {
     let (_dir, live) = live_copy("balance.confA");
-    let out = run(&["switch", s(&live), s(&fixture("extra-tokens.conf"))]);
+    // --force: extra-tokens.conf drops app3004, and whatever listens on 3004
+    // on this machine is not what this test is about (see tests/orphans.rs).
+    let out = run(&[
+        "switch",
+        "--force",
+        s(&live),
+        s(&fixture("extra-tokens.conf")),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("warning: text after the value"),
@@ -379,7 +386,7 @@ fn status_json_is_for_scripts() {
     assert_eq!(json["all"], serde_json::json!([pool.active, pool.down]));
     assert_eq!(
         json["summary"],
-        serde_json::json!({"servers": 4, "in_all": 2, "listening": 2, "draining": 1, "queue_full": 0})
+        serde_json::json!({"servers": 4, "in_all": 2, "listening": 2, "draining": 1, "queue_full": 0, "in_live_map": null})
     );
     let servers = json["servers"].as_array().expect("servers");
     assert_eq!(servers.len(), 4);
@@ -474,4 +481,103 @@ fn status_shows_a_vm_whose_accept_queue_is_full() {
     assert_eq!(row[3..5], ["yes", "full"], "{table}");
     assert!(table.contains("1 with a full accept queue"), "{table}");
     drop(queued);
+}
+
+// See: issue 8, point 6.
+#[test]
+fn status_with_the_live_map_shows_which_servers_apache_routes_to_and_whether_all_is_there() {
+    let pool = pool();
+    let live = pool.file.with_file_name("live.map");
+    // As image-launcher writes it: `active` is up and published, `draining`
+    // listens but is not in it, ALL is missing (`down` is down).
+    let (active, draining) = (pool.active, pool.draining);
+    fs::write(
+        &live,
+        format!("# image-launcher (pid 1) writes this file\napp{active} {active}\n"),
+    )
+    .expect("write live map");
+    let out = run(&["status", s(&pool.file), "--live-map", s(&live)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 7, "{table}");
+    let head: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(head[4..6], ["LISTENING", "LIVE"], "{table}");
+    let live_cell = |port: u16| -> String {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("app{port} ")))
+            .unwrap_or_else(|| panic!("no row for {port}:\n{table}"));
+        row.split_whitespace().nth(4).expect("LIVE").to_owned()
+    };
+    assert_eq!(live_cell(active), "yes", "{table}");
+    for port in [pool.down, draining, pool.stopped] {
+        assert_eq!(live_cell(port), "no", "{port}: {table}");
+    }
+    assert_eq!(
+        lines[6],
+        format!(
+            "live map {}: 1 server in it, no ALL (a port of the active set is down: new sessions \
+             go through the launcher); 1 listening but not in it (a VM that just came up, or no \
+             launcher with --live-map writes it)",
+            s(&live)
+        )
+    );
+
+    // The whole active set up: ALL is there.
+    let down = pool.down;
+    fs::write(
+        &live,
+        format!("app{active} {active}\napp{down} {down}\napp{draining} {draining}\nALL {active}|{down}\n"),
+    )
+    .expect("write live map");
+    let out = run(&["status", s(&pool.file), "--live-map", s(&live), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        json["live_map"],
+        serde_json::json!({"file": s(&live), "servers": 3, "all": [active, down], "error": null})
+    );
+    assert_eq!(json["summary"]["in_live_map"], 3);
+    let in_live: Vec<bool> = json["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|row| row["in_live_map"].as_bool().expect("bool"))
+        .collect();
+    assert_eq!(in_live, [true, true, true, false]);
+}
+
+#[test]
+fn status_with_a_live_map_that_routes_nowhere_or_is_missing() {
+    let pool = pool();
+    let live = pool.file.with_file_name("live.map");
+    // Nothing up: the launcher writes only its header.
+    fs::write(&live, "# image-launcher writes this file\n").expect("write");
+    let out = run(&["status", s(&pool.file), "--live-map", s(&live), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["live_map"]["servers"], 0);
+    assert!(json["live_map"]["all"].is_null() && json["live_map"]["error"].is_null());
+    assert_eq!(json["summary"]["in_live_map"], 0);
+
+    fs::remove_file(&live).expect("rm");
+    let out = run(&["status", s(&pool.file), "--live-map", s(&live), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "server-map: warning: --live-map {}: cannot be read",
+            s(&live)
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(json["live_map"]["error"].is_string(), "{json}");
+
+    // Without --live-map: no such column or field.
+    let out = run(&["status", s(&pool.file), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(json["live_map"].is_null() && json["servers"][0]["in_live_map"].is_null());
 }

@@ -11,6 +11,7 @@
 mod common;
 
 use std::fs::{self, File, FileTimes};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -189,7 +190,7 @@ fn a_bad_file_keeps_the_last_good_answers_and_is_logged_once_per_change() {
         tick();
         fs::copy(fixture(name), &live).expect("cp bad");
         assert_serving(&mut map, true, 30, name);
-        assert_eq!(stderr_count(&map, "refused", i + 1), i + 1, "{name}");
+        assert_eq!(stderr_count(&mut map, "refused", i + 1), i + 1, "{name}");
         let stderr = map.stderr();
         assert_eq!(stderr.matches(why).count(), 1, "{name}: {stderr}");
         assert!(stderr.contains("keeping the last good map"), "{stderr}");
@@ -228,7 +229,7 @@ fn unreadable_keeps_answers(make: impl FnOnce(&Path), why: &str) {
     fs::remove_file(&live).expect("rm");
     make(&live);
     assert_serving(&mut map, true, 50, why);
-    assert_eq!(stderr_count(&map, why, 1), 1, "{}", map.stderr());
+    assert_eq!(stderr_count(&mut map, why, 1), 1, "{}", map.stderr());
     let meta = fs::symlink_metadata(&live).expect("stat");
     if meta.is_dir() {
         fs::remove_dir(&live).expect("rmdir");
@@ -331,4 +332,108 @@ fn two_hundred_rapid_cut_overs_never_give_a_wrong_answer() {
     let (status, stderr) = map.finish(common::ANSWER_WITHIN).expect("finish");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `cp` on a busy machine: the file truncated, then written in two parts
+/// with a pause before each, so that a reader can meet it empty and then cut
+/// in the middle of its last line.
+fn slow_cp(from: &Path, to: &Path, pause: Duration) {
+    let bytes = fs::read(from).expect("read source");
+    let cut = bytes.len() - 4;
+    assert_ne!(bytes[cut - 1], b'\n', "the cut falls mid-line");
+    let mut file = File::create(to).expect("truncate");
+    thread::sleep(pause);
+    file.write_all(&bytes[..cut]).expect("first part");
+    thread::sleep(pause);
+    file.write_all(&bytes[cut..]).expect("the rest");
+}
+
+// See: issue 14, point 5: `ERROR ... refused: is empty` in the ErrorLog when
+// Apache's map read balance.conf in the middle of the documented `cp`.
+#[test]
+fn fifty_cp_cut_overs_under_lookups_log_no_error() {
+    let (_dir, live) = live_copy("balance.confA");
+    let mut map = start_with(&live, &["--log-level", "debug"]);
+    assert_serving(&mut map, true, 5, "before");
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (done, live) = (Arc::clone(&done), live.clone());
+        thread::spawn(move || {
+            let mut rng = fastrand::Rng::with_seed(50);
+            for i in 0..50 {
+                let from = fixture(if i % 2 == 0 {
+                    "balance.confB"
+                } else {
+                    "balance.confA"
+                });
+                if (i / 2) % 2 == 0 {
+                    slow_cp(&from, &live, Duration::from_micros(rng.u64(500..3000)));
+                } else {
+                    let status = std::process::Command::new("cp")
+                        .arg(&from)
+                        .arg(&live)
+                        .status()
+                        .expect("cp");
+                    assert!(status.success(), "cp failed");
+                }
+                thread::sleep(Duration::from_millis(rng.u64(5..15)));
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let (mut seen_a, mut seen_b) = (0, 0);
+    while !done.load(Ordering::SeqCst) {
+        let all = ask(&mut map, "ALL");
+        match (in_a(&all), in_b(&all)) {
+            (true, _) => seen_a += 1,
+            (_, true) => seen_b += 1,
+            _ => panic!("ALL = {all:?} during cut-overs\nstderr:\n{}", map.stderr()),
+        }
+        assert_eq!(ask(&mut map, "app3010"), "3010", "{}", map.stderr());
+    }
+    writer.join().expect("writer");
+    assert!(seen_a > 0 && seen_b > 0, "A {seen_a}, B {seen_b}");
+    ask_until(&mut map, "ALL", Duration::from_secs(5), in_a);
+    let (_, stderr) = map.finish(common::ANSWER_WITHIN).expect("finish");
+    let lines = |needle: &str| stderr.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines(" ERROR "), 0, "{stderr}");
+    assert_eq!(lines(" WARN "), 0, "{stderr}");
+    // The map did meet copies in progress, and said nothing about them
+    // above debug.
+    assert!(lines("perhaps a copy in progress") > 0, "{stderr}");
+    // Each finished copy gets its `reloaded` line; a copy undone by the next
+    // one before any lookup (a stall of the loaded machine) is never seen.
+    let reloads = lines("reloaded");
+    assert!((25..=50).contains(&reloads), "{reloads} reloads\n{stderr}");
+}
+
+/// A file cut short is never served, and one left so is served once it has
+/// settled, with its warning.
+#[test]
+fn a_file_cut_mid_line_is_not_served_until_it_is_whole_or_settled() {
+    let (_dir, live) = live_copy("balance.confA");
+    let mut map = start(&live);
+    assert_serving(&mut map, true, 5, "before");
+    tick();
+    // balance.confB cut in the middle of its last line: ALL 3006|...|30
+    let b = fs::read(fixture("balance.confB")).expect("read B");
+    fs::write(&live, &b[..b.len() - 3]).expect("cut B");
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert_serving(&mut map, true, 1, "cut short");
+    }
+    fs::write(&live, &b).expect("whole B");
+    assert_serving(&mut map, false, 20, "whole");
+    tick();
+    fs::write(&live, "app3001 3001\nALL 3001").expect("no final newline");
+    let answer = ask_until(&mut map, "ALL", Duration::from_secs(5), |a| a == "3001");
+    assert_eq!(answer, "3001");
+    let (_, stderr) = map.finish(common::ANSWER_WITHIN).expect("finish");
+    assert!(!stderr.contains(" ERROR "), "{stderr}");
+    assert_eq!(stderr.matches("reloaded").count(), 2, "{stderr}");
+    assert_eq!(
+        stderr.matches("no newline at end of file").count(),
+        1,
+        "{stderr}"
+    );
 }

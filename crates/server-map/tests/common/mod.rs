@@ -98,15 +98,55 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// How many times stderr holds `needle`, once it holds it at least `n`
-/// times or [`ANSWER_WITHIN`] has passed: stderr is collected by a thread,
-/// so a line the map wrote may not have arrived yet.
-pub fn stderr_count(map: &MapProcess, needle: &str, n: usize) -> usize {
+/// times or [`ANSWER_WITHIN`] has passed. The map keeps being asked
+/// meanwhile: it writes some lines only at a lookup (a file that stays bad
+/// is logged at the first lookup after it has had time to settle), and
+/// stderr is collected by a thread, so a line may arrive late.
+pub fn stderr_count(map: &mut MapProcess, needle: &str, n: usize) -> usize {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
         let count = map.stderr().matches(needle).count();
         if count >= n || Instant::now() >= deadline {
             return count;
         }
+        ask(map, "ALL");
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The freshly built `demo-vm`, the VM of the demo and the tests (built
+/// here when this crate's tests run alone: it is not a dependency).
+pub fn demo_vm() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let built = Path::new(BIN).with_file_name("demo-vm");
+        if !built.exists() {
+            let release = built
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|dir| dir == "release");
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet", "-p", "demo-vm"]);
+            if release {
+                cargo.arg("--release");
+            }
+            assert!(
+                cargo.status().expect("cargo build").success(),
+                "cannot build demo-vm"
+            );
+        }
+        built
+    })
+}
+
+/// Waits until `done` holds; panics after `within`, saying what it waited for.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
