@@ -59,6 +59,13 @@ fn a_hung_vm_stalls_no_other_session_and_its_own_get_a_live_vm() {
     };
 
     kill(Pid::from_raw(vm.pid as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    // A stop is delivered asynchronously: wait until the VM is stopped.
+    assert!(wait_until(BOUND, || {
+        vmpool::pidrecord::proc_stat(vm.pid)
+            .ok()
+            .flatten()
+            .is_some_and(|stat| stat.state == 'T')
+    }));
     // A request of the hung VM's session: held until the VM is let go.
     let held = hung_client.get("/app/held").expect("request");
     assert!(
@@ -83,8 +90,15 @@ fn a_hung_vm_stalls_no_other_session_and_its_own_get_a_live_vm() {
     assert!(count.load(Ordering::SeqCst) > 20, "too few sticky requests");
     // Usual latency: far below the hang; 1 s is the margin of a loaded
     // 2-core machine.
-    assert!(worst < Duration::from_secs(1), "a sticky request of another VM took {worst:?}");
-    assert!(stack.error_log().contains("hung: "), "{}", stack.error_log());
+    assert!(
+        worst < Duration::from_secs(1),
+        "a sticky request of another VM took {worst:?}"
+    );
+    assert!(
+        stack.error_log().contains("hung: "),
+        "{}",
+        stack.error_log()
+    );
     eprintln!(
         "held request: {:?} ({}); other VM's worst sticky request {worst:?}",
         held.elapsed, held.status

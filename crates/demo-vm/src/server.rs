@@ -246,7 +246,11 @@ fn exchange(
 
 /// `OK` (200) or `DYING` (503), for the launcher's `--health-path`; no
 /// session, no cookie.
-fn health(vm: &Vm, writer: &mut BufWriter<&TcpStream>, keep_alive: bool) -> Result<bool, ReadError> {
+fn health(
+    vm: &Vm,
+    writer: &mut BufWriter<&TcpStream>,
+    keep_alive: bool,
+) -> Result<bool, ReadError> {
     let (status, body) = if vm.control.dying() {
         ("503 Service Unavailable", "DYING\n")
     } else {
@@ -257,7 +261,11 @@ fn health(vm: &Vm, writer: &mut BufWriter<&TcpStream>, keep_alive: bool) -> Resu
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n\
          Content-Length: {}\r\n{}\r\n{body}",
         body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        }
     )?;
     writer.flush()?;
     Ok(keep_alive)

@@ -307,7 +307,9 @@ fn under_load(pool: &Pool, span: Duration) -> anyhow::Result<(f64, f64)> {
     let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     for client in clients {
-        client.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        client
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client panicked"))??;
     }
     Ok((share, rate))
 }

@@ -198,7 +198,10 @@ mod tests {
         let stuck = conn(1, true, 50, 150);
         let queued = conn(2, false, 40, 40);
         let at = |s| t0 + Duration::from_secs(s);
-        assert_eq!(watch.observe(1, &listener(1), &[&stuck, &queued], at(0)), Verdict::Working);
+        assert_eq!(
+            watch.observe(1, &listener(1), &[&stuck, &queued], at(0)),
+            Verdict::Working
+        );
         assert_eq!(
             watch.observe(1, &listener(1), &[&stuck, &queued], at(3)),
             Verdict::Stalled(at(0))
@@ -226,16 +229,28 @@ mod tests {
         let queue: Vec<Connection> = (10..20).map(|c| conn(c, false, 80, 80)).collect();
         let mut all: Vec<&Connection> = vec![&long];
         all.extend(queue.iter());
-        assert_eq!(watch.observe(1, &listener(10), &all, at(0)), Verdict::Working);
+        assert_eq!(
+            watch.observe(1, &listener(10), &all, at(0)),
+            Verdict::Working
+        );
         for s in 1..=4 {
-            assert!(matches!(watch.observe(1, &listener(10), &all, at(s)), Verdict::Stalled(_)));
+            assert!(matches!(
+                watch.observe(1, &listener(10), &all, at(s)),
+                Verdict::Stalled(_)
+            ));
         }
         // 4.5 s in, it answers and takes the next: the clock starts again.
         let next = conn(10, true, 0, 80);
         let mut after: Vec<&Connection> = vec![&next];
         after.extend(queue[1..].iter());
-        assert_eq!(watch.observe(1, &listener(9), &after, at(4) + Duration::from_millis(500)), Verdict::Working);
-        assert!(matches!(watch.observe(1, &listener(9), &after, at(8)), Verdict::Stalled(_)));
+        assert_eq!(
+            watch.observe(1, &listener(9), &after, at(4) + Duration::from_millis(500)),
+            Verdict::Working
+        );
+        assert!(matches!(
+            watch.observe(1, &listener(9), &after, at(8)),
+            Verdict::Stalled(_)
+        ));
     }
 
     #[test]
@@ -247,7 +262,10 @@ mod tests {
         for s in 0..20u64 {
             let c = conn(1, true, 30, 100 + 30 * s);
             let verdict = watch.observe(1, &listener(0), &[&c], at(s));
-            assert!(!matches!(verdict, Verdict::Hung { .. }), "second {s}: {verdict:?}");
+            assert!(
+                !matches!(verdict, Verdict::Hung { .. }),
+                "second {s}: {verdict:?}"
+            );
         }
     }
 }

@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(classify(b"HTTP/1.0 200 OK\r\n\r\nDYING"), Answer::Dying);
         assert_eq!(classify(b"HTTP/1.0 200 OK\r\n\r\nOK\n"), Answer::Ok);
         assert_eq!(classify(b"HTTP/1.0 503 Busy\r\n\r\n"), Answer::Ok);
-        assert_eq!(classify(b"HTTP/1.0 200 OK\r\nX: DYING\r\n\r\nfine"), Answer::Ok);
+        assert_eq!(
+            classify(b"HTTP/1.0 200 OK\r\nX: DYING\r\n\r\nfine"),
+            Answer::Ok
+        );
         assert_eq!(classify(b"garbage"), Answer::Ok);
     }
 }

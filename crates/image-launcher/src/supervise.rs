@@ -415,7 +415,9 @@ pub fn stop_hung(shared: &Arc<Shared>, port: u16) {
                 return;
             }
             Err(e) => {
-                tracing::warn!("port {port}: cannot read the hung VM's pid record ({e}): left alone");
+                tracing::warn!(
+                    "port {port}: cannot read the hung VM's pid record ({e}): left alone"
+                );
                 return;
             }
         };

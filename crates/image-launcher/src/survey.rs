@@ -136,7 +136,11 @@ impl Surveyor {
 
     /// One sample of every listening VM's queues; returns the ports found
     /// hung now.
-    fn sample_queues(&mut self, listeners: &BTreeMap<u16, Option<Listener>>, now: Instant) -> Vec<u16> {
+    fn sample_queues(
+        &mut self,
+        listeners: &BTreeMap<u16, Option<Listener>>,
+        now: Instant,
+    ) -> Vec<u16> {
         let Some(table) = self.queues.as_mut() else {
             return Vec::new();
         };
@@ -154,7 +158,10 @@ impl Surveyor {
         let mut newly_hung = Vec::new();
         for (&port, listener) in listeners {
             let Some(listener) = listener else { continue };
-            let own: Vec<&Connection> = connections.iter().filter(|c| c.local_port == port).collect();
+            let own: Vec<&Connection> = connections
+                .iter()
+                .filter(|c| c.local_port == port)
+                .collect();
             match self.hangs.observe(port, listener, &own, now) {
                 Verdict::Hung { since, evidence } => {
                     if self.hung.insert(port, Hung { since, evidence }).is_none() {

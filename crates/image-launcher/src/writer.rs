@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use server_map::ReloadingMap;
+use server_map::{OrphanWatch, ReloadingMap};
 use vmpool::files::open_regular;
 use vmpool::state::{self, PoolState};
 use vmpool::{Liveness, PidRecord, pidfd};
@@ -62,8 +62,8 @@ use vmpool::{Liveness, PidRecord, pidfd};
 use crate::health::{self, Draining, Targets};
 use crate::livemap::{DRAINING, LiveMap, Publisher};
 use crate::ports::Claim;
-use crate::survey::{Survey, Surveyor};
 use crate::supervise::{Shared, start_launch, stop_hung};
+use crate::survey::{Survey, Surveyor};
 
 /// How often the pool is checked while a VM is starting.
 const CHECK_WHILE_STARTING: Duration = Duration::from_millis(5);
@@ -159,6 +159,8 @@ struct Writer {
     path: PathBuf,
     publisher: Publisher,
     balance: ReloadingMap,
+    /// Warns once when a new balance.conf drops a server whose VM listens.
+    orphans: OrphanWatch,
     surveyor: Surveyor,
     /// VMs that asked to drain, and the VMs the health checks ask.
     draining: Draining,
@@ -245,6 +247,7 @@ impl Writer {
     fn new(shared: Arc<Shared>, path: PathBuf, wakeups: Wakeups) -> Writer {
         let config = &shared.config;
         let balance_path = config.balance.clone().unwrap_or_default();
+        let balance = ReloadingMap::new(balance_path.clone());
         let watch = DirWatch::new(&balance_path, &config.pid_dir)
             .inspect_err(|e| {
                 tracing::warn!(
@@ -257,7 +260,8 @@ impl Writer {
         Writer {
             publisher: Publisher::new(path.clone()),
             path,
-            balance: ReloadingMap::new(balance_path),
+            orphans: OrphanWatch::new(&balance),
+            balance,
             surveyor: Surveyor::new(shared.prober(), config.hang_timeout, config.check_every),
             draining: Draining::default(),
             targets: Targets::default(),
@@ -311,7 +315,7 @@ impl Writer {
             .into_iter()
             .filter(|p| self.up.contains(p))
             .collect();
-        let map = self.balance.current();
+        let map = self.orphans.current(&mut self.balance);
         let active: Vec<u16> = map
             .active_ports()
             .into_iter()

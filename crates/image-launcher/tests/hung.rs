@@ -18,8 +18,18 @@ use vmpool::{Liveness, PidRecord};
 /// hang timeouts.
 const WATCH: Duration = Duration::from_secs(6);
 
+/// Sends `signal`; for SIGSTOP, waits until the process is stopped (a
+/// stop is delivered asynchronously).
 fn stop(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("signal");
+    if signal == Signal::SIGSTOP {
+        wait_until("the process stopped", BOUND, || {
+            vmpool::pidrecord::proc_stat(pid)
+                .ok()
+                .flatten()
+                .is_some_and(|stat| stat.state == 'T')
+        });
+    }
 }
 
 /// A request sent straight to a VM, left waiting.
@@ -84,11 +94,18 @@ fn a_stopped_vm_with_nothing_waiting_is_left_alone() {
     stop(vm.pid, Signal::SIGSTOP);
     let until = Instant::now() + WATCH;
     while Instant::now() < until {
-        assert!(site.map().ports().contains(&port), "a quiet VM left the map");
+        assert!(
+            site.map().ports().contains(&port),
+            "a quiet VM left the map"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(matches!(vm.liveness(), Ok(Liveness::Running { .. })));
-    assert!(!site.pool.stderr(l).contains("hung"), "{}", site.pool.stderr(l));
+    assert!(
+        !site.pool.stderr(l).contains("hung"),
+        "{}",
+        site.pool.stderr(l)
+    );
     stop(vm.pid, Signal::SIGCONT);
 }
 
@@ -110,7 +127,11 @@ fn a_vm_busy_with_a_long_request_and_ten_queued_is_not_hung_before_the_timeout()
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(site.pool.record(port).map(|r| r.pid), Some(vm.pid));
-    assert!(!site.pool.stderr(l).contains("hung"), "{}", site.pool.stderr(l));
+    assert!(
+        !site.pool.stderr(l).contains("hung"),
+        "{}",
+        site.pool.stderr(l)
+    );
 }
 
 #[test]
@@ -146,8 +167,26 @@ fn a_hung_listener_that_its_pid_record_does_not_prove_ours_is_never_signalled() 
         "{}",
         site.pool.stderr(l)
     );
-    assert!(matches!(bystander.try_wait(), Ok(None)), "the bystander was signalled");
-    assert!(matches!(vm.try_wait(), Ok(None)), "a VM not proved ours was signalled");
+    // The state file beside the map says why it is out.
+    let state = vmpool::state::PoolState::read(&site.live)
+        .expect("state")
+        .expect("a state file");
+    let hung = state.ports[0]
+        .hung
+        .as_ref()
+        .expect("hung in the state file");
+    assert!(
+        hung.accept_queue + hung.unread_bytes as u32 > 0,
+        "{state:?}"
+    );
+    assert!(
+        matches!(bystander.try_wait(), Ok(None)),
+        "the bystander was signalled"
+    );
+    assert!(
+        matches!(vm.try_wait(), Ok(None)),
+        "a VM not proved ours was signalled"
+    );
     let _ = bystander.kill();
     let _ = bystander.wait();
     let _ = vm.kill();
@@ -166,13 +205,23 @@ fn a_vm_answering_dying_takes_no_new_session_keeps_its_line_and_leaves_when_it_e
     stop(vm.pid, Signal::SIGUSR1);
     site.wait_map("the VM draining", |map| map.draining == vec![dying]);
     let map = site.map();
-    assert!(map.ports().contains(&dying), "its sessions lost their route");
+    assert!(
+        map.ports().contains(&dying),
+        "its sessions lost their route"
+    );
     assert_eq!(map.all, Some(vec![other]), "ALL still offers it");
     for _ in 0..20 {
         assert_eq!(site.pool.ask(l, "ALL").0, other.to_string());
         assert_eq!(site.pool.ask(l, &dying.to_string()).0, other.to_string());
     }
     assert!(site.pool.stderr(l).contains("answered DYING"));
+    let state = vmpool::state::PoolState::read(&site.live)
+        .expect("state")
+        .expect("a state file");
+    assert!(
+        state.ports.iter().any(|p| p.port == dying && p.draining),
+        "{state:?}"
+    );
     // It exits by itself (here: killed): out of the map; the next VM on the
     // port starts healthy.
     kill_and_reap(vm.pid);
@@ -181,6 +230,9 @@ fn a_vm_answering_dying_takes_no_new_session_keeps_its_line_and_leaves_when_it_e
     });
     wait_until("a fresh VM on the port", BOUND, || {
         let _ = site.pool.ask(l, &dying.to_string());
-        site.map().all.as_ref().is_some_and(|all| all.contains(&dying))
+        site.map()
+            .all
+            .as_ref()
+            .is_some_and(|all| all.contains(&dying))
     });
 }

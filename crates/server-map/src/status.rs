@@ -3,7 +3,10 @@
 //! live map routes to it) and a summary, as a table or `--json`.
 //!
 //! The live map (image-launcher's `--live-map`) is read with the same parser
-//! as balance.conf: it is the same Apache txt/rnd syntax.
+//! as balance.conf: it is the same Apache txt/rnd syntax. Beside it, the
+//! launcher's `LIVE_MAP.json` (`vmpool::state`) tells which VMs are hung
+//! (since when, and what waits for them), which asked to drain, and how many
+//! times each port's VM was launched and stopped for hanging.
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +18,7 @@ use anyhow::ensure;
 use serde::Serialize;
 use server_map::{ALL, MapFile, Severity, Value, read_settled};
 use vmpool::listen_table::ListenTable;
+use vmpool::state::{self, PoolState};
 use vmpool::{Liveness, PidRecord, ProbeMethod, Prober};
 
 use crate::commands::{load, plural, print_diagnostics};
@@ -58,6 +62,15 @@ struct Row {
     uptime_s: Option<u64>,
     /// With `--live-map`: the live map routes this name to this port.
     in_live_map: Option<bool>,
+    /// With `--live-map`, from the launcher's state file: the VM is hung
+    /// (work waits for it and it takes none): since when, what waits.
+    hung: Option<state::Hung>,
+    /// Likewise: the VM asked to drain (DYING on its health path).
+    asked_to_drain: Option<bool>,
+    /// Likewise: VMs launched on the port, hung VMs stopped there, by the
+    /// launcher that writes the live map, since it started.
+    launches: Option<u64>,
+    hung_kills: Option<u64>,
     state: &'static str,
 }
 
@@ -158,8 +171,19 @@ pub fn status(out: &mut impl Write, args: &StatusArgs) -> anyhow::Result<ExitCod
         );
     }
     let live = args.live_map.as_deref().map(Live::read);
+    let pool = args.live_map.as_deref().and_then(|path| {
+        PoolState::read(path)
+            .inspect_err(|e| {
+                eprintln!(
+                    "server-map: warning: {}: {e}; hung and draining VMs are not shown",
+                    state::path_for(path).display()
+                )
+            })
+            .ok()
+            .flatten()
+    });
     let timeout = Duration::from_millis(args.timeout_ms);
-    let status = survey(&name, &map, pid_dir, live, timeout);
+    let status = survey(&name, &map, pid_dir, live, pool.as_ref(), timeout);
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &status)?;
         writeln!(out)?;
@@ -175,6 +199,7 @@ fn survey(
     map: &MapFile,
     pid_dir: Option<&Path>,
     live: Option<Live>,
+    pool: Option<&PoolState>,
     timeout: Duration,
 ) -> Status {
     let all = map.active_ports();
@@ -209,6 +234,16 @@ fn survey(
             let in_live_map = live
                 .as_ref()
                 .map(|live| name.as_deref().is_some_and(|n| live.routes(n, port)));
+            let known = pool.and_then(|pool| pool.ports.iter().find(|p| p.port == port));
+            let hung = known.and_then(|p| p.hung.clone());
+            let asked_to_drain = known.map(|p| p.draining);
+            let state = if hung.is_some() {
+                "hung"
+            } else if asked_to_drain == Some(true) {
+                "draining (asked)"
+            } else {
+                state(in_all, listening, age.is_some())
+            };
             Row {
                 name,
                 port,
@@ -219,7 +254,11 @@ fn survey(
                 pid,
                 uptime_s: age.map(|age| age.as_secs()),
                 in_live_map,
-                state: state(in_all, listening, age.is_some()),
+                hung,
+                asked_to_drain,
+                launches: known.map(|p| p.launches),
+                hung_kills: known.map(|p| p.hung_kills),
+                state,
             }
         })
         .collect();
@@ -341,6 +380,24 @@ fn print_table(out: &mut impl Write, status: &Status) -> io::Result<()> {
     )?;
     if let Some(live) = &status.live_map {
         print_live_summary(out, live, &status.servers)?;
+    }
+    for row in &status.servers {
+        if let Some(hung) = &row.hung {
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(hung.since_unix_s);
+            writeln!(
+                out,
+                "{} ({}): hung for {}: {} connection(s) in its accept queue, {} unread byte(s); out of the live map, stopped if ours ({} stopped hung so far)",
+                row.name.as_deref().unwrap_or("-"),
+                row.port,
+                uptime(since),
+                hung.accept_queue,
+                hung.unread_bytes,
+                row.hung_kills.unwrap_or(0)
+            )?;
+        }
     }
     Ok(())
 }

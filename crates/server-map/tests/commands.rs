@@ -581,3 +581,73 @@ fn status_with_a_live_map_that_routes_nowhere_or_is_missing() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert!(json["live_map"].is_null() && json["servers"][0]["in_live_map"].is_null());
 }
+
+#[test]
+fn status_shows_hung_and_draining_vms_from_the_launchers_state_file() {
+    let pool = pool();
+    let live = pool.file.with_file_name("live.map");
+    let (active, draining) = (pool.active, pool.draining);
+    fs::write(
+        &live,
+        format!("app{draining} {draining}\nDRAINING {draining}\n"),
+    )
+    .expect("write");
+    let ten_minutes_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - 600;
+    vmpool::state::PoolState {
+        writer_pid: 1,
+        ports: vec![
+            vmpool::state::PortState {
+                port: active,
+                listening: true,
+                hung: Some(vmpool::state::Hung {
+                    since_unix_s: ten_minutes_ago,
+                    accept_queue: 3,
+                    unread_bytes: 120,
+                }),
+                launches: 2,
+                hung_kills: 1,
+                ..Default::default()
+            },
+            vmpool::state::PortState {
+                port: draining,
+                listening: true,
+                in_map: true,
+                draining: true,
+                ..Default::default()
+            },
+        ],
+    }
+    .write(&live)
+    .expect("state");
+    let out = run(&["status", s(&pool.file), "--live-map", s(&live)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    let row = |port: u16| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("app{port} ")))
+            .unwrap_or_else(|| panic!("no row for {port}:\n{table}"))
+            .to_owned()
+    };
+    assert!(row(active).ends_with("hung"), "{table}");
+    assert!(row(draining).ends_with("draining (asked)"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "app{active} ({active}): hung for 10m00s: 3 connection(s) in its accept queue, 120 unread byte(s)"
+        )) || table.contains(&format!("app{active} ({active}): hung for 10m01s")),
+        "{table}"
+    );
+    let out = run(&["status", s(&pool.file), "--live-map", s(&live), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let first = &json["servers"][0];
+    assert_eq!(first["hung"]["accept_queue"], 3, "{json}");
+    assert_eq!(
+        (first["launches"].as_u64(), first["hung_kills"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(json["servers"][2]["asked_to_drain"], true, "{json}");
+}

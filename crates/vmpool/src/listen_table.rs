@@ -467,7 +467,8 @@ fn parse_connection(body: &[u8]) -> Option<Connection> {
         }
         if u16_at(attrs, 2) == INET_DIAG_INFO && len >= 4 + TCPI_BYTES_RECEIVED + 8 {
             let at = 4 + TCPI_BYTES_RECEIVED;
-            bytes_received = Some(u64::from(u32_at(attrs, at)) | (u64::from(u32_at(attrs, at + 4)) << 32));
+            bytes_received =
+                Some(u64::from(u32_at(attrs, at)) | (u64::from(u32_at(attrs, at + 4)) << 32));
         }
         attrs = &attrs[align4(len).min(attrs.len())..];
     }
@@ -629,7 +630,10 @@ mod tests {
         // In the accept queue: no inode, 18 bytes unread.
         let queued = wait(&mut table, &|c| c.len() == 1 && c[0].unread == 18);
         assert!(!queued[0].accepted(), "{queued:?}");
-        assert!(queued.iter().all(|c| c.local_port == port), "only the asked port");
+        assert!(
+            queued.iter().all(|c| c.local_port == port),
+            "only the asked port"
+        );
         let (mut server_end, _) = listener.accept().expect("accept");
         let accepted = wait(&mut table, &|c| c.len() == 1 && c[0].accepted());
         assert_eq!(accepted[0].cookie, queued[0].cookie, "the same socket");

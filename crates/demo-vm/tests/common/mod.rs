@@ -173,6 +173,11 @@ impl Conn {
         }
     }
 
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local addr")
+    }
+
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.reader.get_mut().write_all(bytes)
     }

@@ -17,11 +17,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use image_launcher::livemap::LiveMap;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use rewritemap::client::MapProcess;
-use image_launcher::livemap::LiveMap;
 use vmpool::{PidRecord, connect_probe};
 
 pub use rewritemap::client::free_loopback_ports as free_ports;
@@ -325,4 +325,3 @@ impl Site {
         }
     }
 }
-
