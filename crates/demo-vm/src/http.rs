@@ -87,6 +87,17 @@ impl<'a> Request<'a> {
             .filter_map(cookie_pair)
     }
 
+    /// The first `status=NNN` of the query (200 to 599): the status the
+    /// answer carries, as an application's own error page would.
+    pub fn status(&self) -> Option<u16> {
+        self.query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("status="))?
+            .parse()
+            .ok()
+            .filter(|code| (200..=599).contains(code))
+    }
+
     /// The first `sleep_ms=N` of the query, capped at 10 s.
     pub fn sleep_ms(&self) -> Option<u64> {
         let value = self

@@ -11,7 +11,8 @@
 //! A request without a live `session` cookie of this VM gets a new session
 //! (`Set-Cookie: session=<16 hex>`); a request whose `server` cookie is
 //! missing or names another VM gets `Set-Cookie: server=app<port>`.
-//! `?sleep_ms=N` (at most 10000) delays the answer (a long honest request).
+//! `?sleep_ms=N` (at most 10000) delays the answer (a long honest request);
+//! `?status=NNN` gives it that status (an application's own error page).
 //! A path ending in `/health` answers `OK`, or `DYING` with a 503 once the VM
 //! wants no new session (`--dying-after N` requests, or SIGUSR1); one ending
 //! in `/hang` makes the VM hang for real: nothing is accepted or read any

@@ -217,9 +217,11 @@ fn exchange(
         "port={} session={:016x} hits={} new={} path={}",
         vm.port, visit.id, visit.hits, visit.new, req.path
     );
-    writer.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n",
-    )?;
+    match req.status() {
+        Some(code) => write!(writer, "HTTP/1.1 {code} Status {code}\r\n")?,
+        None => writer.write_all(b"HTTP/1.1 200 OK\r\n")?,
+    }
+    writer.write_all(b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n")?;
     write!(writer, "Content-Length: {}\r\n", body.len())?;
     if visit.new {
         write!(
