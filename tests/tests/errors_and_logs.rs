@@ -18,13 +18,26 @@ fn a_vm_killed_mid_request_gives_the_sites_page_not_apaches() {
     let first = client.get("/app/start").expect("request");
     let port = first.vm().expect("VM").port;
     let record = stack.record(port).expect("record");
-    let mut slow = client.clone();
-    let held = thread::spawn(move || slow.get("/app/slow?sleep_ms=5000").expect("request"));
-    // Once the VM holds the request, it dies.
-    assert!(wait_until(BOUND, || {
+    // What the VM has read so far, per connection (Apache keeps some open).
+    let read = || -> std::collections::HashMap<u64, u64> {
         vmpool::listen_table::ListenTable::open()
             .and_then(|mut t| t.connections_on(&[port]))
-            .is_ok_and(|conns| conns.iter().any(|c| c.accepted() && c.consumed() > Some(0)))
+            .map(|conns| {
+                conns
+                    .iter()
+                    .map(|c| (c.cookie, c.consumed().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = read();
+    let mut slow = client.clone();
+    let held = thread::spawn(move || slow.get("/app/slow?sleep_ms=5000").expect("request"));
+    // Once the VM has read the slow request (it is in its 5 s sleep), it dies.
+    assert!(wait_until(BOUND, || {
+        read()
+            .iter()
+            .any(|(cookie, &now)| now > before.get(cookie).copied().unwrap_or(0))
     }));
     e2e::stack::kill_and_reap(record.pid, Signal::SIGKILL);
     let response = held.join().expect("request thread");
