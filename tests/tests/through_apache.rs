@@ -179,18 +179,19 @@ fn a_vm_started_by_an_earlier_apache_generation_that_dies_leaves_the_map_at_once
     let (_, port) = new_session(&stack);
     let launcher = stack.map_programs();
     stack.graceful();
-    assert!(wait_until(BOUND, || {
-        let now = stack.map_programs();
-        now.len() == 1 && now != launcher
-    }));
-    // The new launcher writes the map now; the VM is the old one's.
-    let new_pid = stack.map_programs()[0].0;
+    // The new generation's launcher writes the map now; the VM is the old
+    // one's.
     assert!(
-        wait_until(BOUND, || stack
-            .live_map()
-            .contains(&format!("(pid {new_pid})"))),
-        "{}",
-        stack.live_map()
+        wait_until(BOUND, || {
+            let now = stack.map_programs();
+            now.len() == 1
+                && now != launcher
+                && stack.live_map().contains(&format!("(pid {})", now[0].0))
+        }),
+        "{}\n{:?}\n{}",
+        stack.live_map(),
+        stack.map_programs(),
+        stack.error_log()
     );
     assert!(live_servers(&stack).contains(&port));
     let vm = stack.record(port).expect("record");
@@ -199,6 +200,26 @@ fn a_vm_started_by_an_earlier_apache_generation_that_dies_leaves_the_map_at_once
     assert!(wait_until(BOUND, || !live_servers(&stack).contains(&port)));
     let took = killed.elapsed();
     eprintln!("an earlier generation's VM left the live map {took:?} after kill -9");
+    // Its exit is one WARN line, from the new launcher, which cannot know
+    // its status.
+    let exits = || -> Vec<String> {
+        stack
+            .error_log()
+            .lines()
+            .filter(|l| l.contains(&format!("pid {} exited", vm.pid)))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        wait_until(BOUND, || !exits().is_empty()),
+        "{}",
+        stack.error_log()
+    );
+    let lines = exits();
+    assert!(
+        lines.len() == 1 && lines[0].contains(" WARN ") && lines[0].contains("cannot be known"),
+        "{lines:?}"
+    );
 }
 
 /// Load of several threads until `stop`: sticky requests for each client.

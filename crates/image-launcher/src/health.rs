@@ -38,6 +38,11 @@ impl Draining {
         ports
     }
 
+    /// True if the VM `pid` of `port` asked to drain.
+    pub fn contains(&self, port: u16, pid: u32) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&port) == Some(&pid)
+    }
+
     fn mark(&self, port: u16, pid: u32) -> bool {
         let mut draining = self.0.lock().unwrap_or_else(|p| p.into_inner());
         draining.insert(port, pid) != Some(pid)

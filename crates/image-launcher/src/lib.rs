@@ -32,6 +32,7 @@
 //! `survey` (hung VMs: `hang`) and the VMs' drain requests in `health`.
 
 pub mod config;
+mod exits;
 mod hang;
 mod health;
 mod launcher;

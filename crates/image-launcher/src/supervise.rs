@@ -14,10 +14,9 @@
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
@@ -31,6 +30,8 @@ use vmpool::{
 };
 
 use crate::config::{Config, fill_port};
+use crate::exits::{Exits, StopCause, vm_log_line};
+use crate::health::Draining;
 use crate::ports::{Claim, PortTable};
 
 /// How long a recorded VM gets to exit after SIGTERM before SIGKILL.
@@ -56,6 +57,10 @@ pub struct Shared {
     pub config: Config,
     /// Per-port state of this launcher.
     pub table: PortTable,
+    /// The VMs whose exits this launcher logs, and why it stops some.
+    pub exits: Exits,
+    /// The VMs that asked to drain (`--health-path`).
+    pub draining: Draining,
     /// Launch failures already logged.
     failures: Mutex<Throttle<(u16, String)>>,
 }
@@ -64,8 +69,10 @@ impl Shared {
     /// The shared state; `table`'s changes wake the writer.
     pub fn new(config: Config, table: PortTable) -> Shared {
         Shared {
+            exits: Exits::new(config.pid_dir.clone(), config.log_dir.clone()),
             config,
             table,
+            draining: Draining::default(),
             failures: Mutex::new(Throttle::new(REPEAT_LOG_EVERY)),
         }
     }
@@ -121,6 +128,7 @@ pub fn start_launch(shared: &Arc<Shared>, port: u16, limit: Option<usize>) -> Cl
 fn launch_job(shared: &Shared, port: u16) {
     match launch(shared, port) {
         Outcome::Launched(child) => {
+            shared.exits.adopt_child(child.id());
             shared.table.launched(port);
             watch(shared, port, child);
         }
@@ -285,12 +293,12 @@ fn retire(
 
 fn spawn_vm(config: &Config, port: u16) -> io::Result<Child> {
     let path = config.log_dir.join(format!("{port}.log"));
-    let mut log = open_regular(&path, OpenOptions::new().append(true).create(true))?;
-    // A separator between runs, for a person reading the log; not fatal.
-    let _ = writeln!(
-        log,
-        "=== image-launcher: starting {}",
-        command_line(config, port)
+    let log = open_regular(&path, OpenOptions::new().append(true).create(true))?;
+    // A separator between runs, for a person reading the log.
+    vm_log_line(
+        &config.log_dir,
+        port,
+        &format!("starting {}", command_line(config, port)),
     );
     let args: Vec<OsString> = config.args.iter().map(|a| fill_port(a, port)).collect();
     let env: Vec<(OsString, OsString)> = config
@@ -330,6 +338,30 @@ fn watch(shared: &Shared, port: u16, mut child: Child) {
         let pause = shared.table.start_failed(port);
         tracing::error!("port {port}: pid {pid} {why}; next launch in {pause:?} at the earliest");
     };
+    // An early exit on purpose (stopped by us, or by server-map stop) is no
+    // failed start: logged as what it was, and no backoff.
+    let exited_early = |status: ExitStatus, listened: bool| {
+        if shared.exits.intended(port, pid) {
+            shared
+                .exits
+                .child_exited(port, pid, status, launched.elapsed(), false);
+            if listened {
+                shared.table.exited(port);
+            } else {
+                shared.table.not_launched(port, None);
+            }
+            return;
+        }
+        let ms = launched.elapsed().as_millis();
+        failed(if listened {
+            format!(
+                "exited ({status}) {ms} ms after launch, sooner than --min-uptime-ms {}",
+                config.min_uptime.as_millis()
+            )
+        } else {
+            format!("exited ({status}) after {ms} ms, before listening")
+        });
+    };
     let listened = loop {
         if prober.is_listening(vm_addr(port)) {
             tracing::info!(
@@ -340,14 +372,12 @@ fn watch(shared: &Shared, port: u16, mut child: Child) {
             break true;
         }
         match child.try_wait() {
-            Ok(Some(status)) => {
-                let ms = launched.elapsed().as_millis();
-                return failed(format!("exited ({status}) after {ms} ms, before listening"));
-            }
+            Ok(Some(status)) => return exited_early(status, false),
             Ok(None) => {}
             Err(e) => tracing::warn!("port {port}: cannot check pid {pid}: {e}"),
         }
         if launched.elapsed() >= config.start_timeout {
+            shared.exits.stopping(pid, StopCause::StartTimeout);
             stop_late_vm(config, port, pid);
             failed(format!(
                 "did not listen within its start timeout {:?}: stopped",
@@ -360,13 +390,7 @@ fn watch(shared: &Shared, port: u16, mut child: Child) {
     if listened {
         while launched.elapsed() < config.min_uptime {
             match child.try_wait() {
-                Ok(Some(status)) => {
-                    let ms = launched.elapsed().as_millis();
-                    return failed(format!(
-                        "exited ({status}) {ms} ms after launch, sooner than --min-uptime-ms {}",
-                        config.min_uptime.as_millis()
-                    ));
-                }
+                Ok(Some(status)) => return exited_early(status, true),
                 Ok(None) => thread::sleep(UPTIME_CHECK_EVERY),
                 Err(e) => {
                     tracing::warn!("port {port}: cannot check pid {pid}: {e}");
@@ -377,7 +401,12 @@ fn watch(shared: &Shared, port: u16, mut child: Child) {
         shared.table.proved(port);
     }
     match child.wait() {
-        Ok(status) => log_exit(port, pid, status, launched.elapsed(), listened),
+        Ok(status) => {
+            let drained = shared.draining.contains(port, pid);
+            shared
+                .exits
+                .child_exited(port, pid, status, launched.elapsed(), drained);
+        }
         Err(e) => tracing::warn!("port {port}: cannot wait for pid {pid}: {e}"),
     }
     if listened {
@@ -421,6 +450,7 @@ pub fn stop_hung(shared: &Arc<Shared>, port: u16) {
                 return;
             }
         };
+        shared.exits.stopping(record.pid, StopCause::Hung);
         match kill_if_ours(&record, KILL_GRACE) {
             Ok(Stopped::NotOurs) => tracing::warn!(
                 "port {port}: the pid record names pid {}, which is another process now: the hung listener is not ours to stop",
@@ -443,20 +473,5 @@ pub fn stop_hung(shared: &Arc<Shared>, port: u16) {
     });
     if let Err(e) = spawned {
         tracing::error!("port {port}: cannot start a thread to stop the hung VM: {e}");
-    }
-}
-
-fn log_exit(port: u16, pid: u32, status: ExitStatus, lived: Duration, listened: bool) {
-    let seconds = lived.as_secs_f64();
-    let never = if listened {
-        ""
-    } else {
-        ", never having listened"
-    };
-    match status.signal() {
-        Some(signal) if listened => tracing::warn!(
-            "port {port}: pid {pid} was killed by signal {signal} after {seconds:.1} s"
-        ),
-        _ => tracing::info!("port {port}: pid {pid} exited ({status}) after {seconds:.1} s{never}"),
     }
 }

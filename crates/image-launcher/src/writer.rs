@@ -59,7 +59,7 @@ use vmpool::files::open_regular;
 use vmpool::state::{self, PoolState};
 use vmpool::{Liveness, PidRecord, pidfd};
 
-use crate::health::{self, Draining, Targets};
+use crate::health::{self, Targets};
 use crate::livemap::{DRAINING, LiveMap, Publisher};
 use crate::ports::Claim;
 use crate::supervise::{Shared, start_launch, stop_hung};
@@ -116,7 +116,7 @@ pub fn spawn(shared: Arc<Shared>, waker: Arc<Waker>, wakeups: Wakeups) -> io::Re
                 health_path,
                 writer.shared.config.health_every,
                 writer.targets.clone(),
-                writer.draining.clone(),
+                writer.shared.draining.clone(),
                 waker,
             );
             if let Err(e) = started {
@@ -162,8 +162,7 @@ struct Writer {
     /// Warns once when a new balance.conf drops a server whose VM listens.
     orphans: OrphanWatch,
     surveyor: Surveyor,
-    /// VMs that asked to drain, and the VMs the health checks ask.
-    draining: Draining,
+    /// The VMs the health checks ask.
     targets: Targets,
     /// What `LIVE_MAP.json` says now.
     state: Option<PoolState>,
@@ -179,6 +178,8 @@ struct Writer {
     /// Ports to launch in the background, at most `--max-starting` at once.
     prestart: VecDeque<u16>,
     up: BTreeSet<u16>,
+    /// Hung VMs being stopped, until their port no longer listens.
+    stopping: BTreeSet<u16>,
     publish_failed: bool,
 }
 
@@ -263,7 +264,6 @@ impl Writer {
             orphans: OrphanWatch::new(&balance),
             balance,
             surveyor: Surveyor::new(shared.prober(), config.hang_timeout, config.check_every),
-            draining: Draining::default(),
             targets: Targets::default(),
             state: None,
             wakeups,
@@ -274,6 +274,7 @@ impl Writer {
             last_active: None,
             prestart: VecDeque::new(),
             up: BTreeSet::new(),
+            stopping: BTreeSet::new(),
             publish_failed: false,
             shared,
         }
@@ -285,8 +286,21 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let started = Instant::now();
+        // The recorded VMs first: every VM this writer publishes is one
+        // whose exit it will see (and log).
+        self.refresh_records(false);
         let survey = self.surveyor.survey(config.ports.ports(), started);
-        self.up = survey.up();
+        // A VM of ours is published once its pid record is written (it can
+        // listen a moment before): what the map shows, a record backs.
+        // A hung VM being stopped stays out until it is gone, even if it
+        // wakes up meanwhile (SIGCONT comes with its SIGTERM).
+        self.stopping.retain(|port| survey.listening.contains(port));
+        self.stopping.extend(survey.newly_hung.iter().copied());
+        self.up = survey
+            .up()
+            .into_iter()
+            .filter(|&port| !shared.table.is_launching(port) && !self.stopping.contains(&port))
+            .collect();
         for &port in &survey.newly_hung {
             let hung = survey.hung[&port];
             tracing::warn!(
@@ -310,6 +324,7 @@ impl Writer {
                 .collect(),
         );
         let draining: Vec<u16> = self
+            .shared
             .draining
             .ports(&alive)
             .into_iter()
@@ -340,7 +355,6 @@ impl Writer {
         self.publish_state(&survey, &live);
         self.plan_prestart(active);
         self.prestart_next();
-        self.refresh_records(false);
         let now = Instant::now();
         self.starting_until
             .retain(|port, until| *until > now && !self.up.contains(port));
@@ -545,8 +559,10 @@ impl Writer {
         }
         let records_changed = records_changed && self.watch.as_ref().is_some_and(DirWatch::drain);
         for port in exited {
-            if let Some((record, _)) = self.exits.remove(&port) {
-                tracing::debug!("live map: pid {} of port {port} exited", record.pid);
+            if let Some((record, _)) = self.exits.remove(&port)
+                && !self.shared.exits.is_child(record.pid)
+            {
+                self.shared.exits.other_exited(port, record.pid);
             }
         }
         if records_changed {

@@ -168,17 +168,15 @@ fn a_hung_listener_that_its_pid_record_does_not_prove_ours_is_never_signalled() 
         site.pool.stderr(l)
     );
     // The state file beside the map says why it is out.
-    let state = vmpool::state::PoolState::read(&site.live)
-        .expect("state")
-        .expect("a state file");
-    let hung = state.ports[0]
-        .hung
-        .as_ref()
-        .expect("hung in the state file");
-    assert!(
-        hung.accept_queue + hung.unread_bytes as u32 > 0,
-        "{state:?}"
-    );
+    let hung = || {
+        vmpool::state::PoolState::read(&site.live)
+            .ok()
+            .flatten()
+            .and_then(|state| state.ports[0].hung.clone())
+    };
+    wait_until("the hang in the state file", BOUND, || hung().is_some());
+    let hung = hung().expect("hung");
+    assert!(hung.accept_queue as u64 + hung.unread_bytes > 0, "{hung:?}");
     assert!(
         matches!(bystander.try_wait(), Ok(None)),
         "the bystander was signalled"
@@ -215,13 +213,12 @@ fn a_vm_answering_dying_takes_no_new_session_keeps_its_line_and_leaves_when_it_e
         assert_eq!(site.pool.ask(l, &dying.to_string()).0, other.to_string());
     }
     assert!(site.pool.stderr(l).contains("answered DYING"));
-    let state = vmpool::state::PoolState::read(&site.live)
-        .expect("state")
-        .expect("a state file");
-    assert!(
-        state.ports.iter().any(|p| p.port == dying && p.draining),
-        "{state:?}"
-    );
+    wait_until("the drain in the state file", BOUND, || {
+        vmpool::state::PoolState::read(&site.live)
+            .ok()
+            .flatten()
+            .is_some_and(|state| state.ports.iter().any(|p| p.port == dying && p.draining))
+    });
     // It exits by itself (here: killed): out of the map; the next VM on the
     // port starts healthy.
     kill_and_reap(vm.pid);

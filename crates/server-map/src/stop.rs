@@ -68,7 +68,7 @@ pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let outcomes = stop_all(records, Duration::from_secs(args.grace_s));
+    let outcomes = stop_all(&dir, records, Duration::from_secs(args.grace_s));
     let mut counts = [0usize; 4];
     for outcome in &outcomes {
         let Outcome {
@@ -151,12 +151,14 @@ fn recorded_ports(dir: &Path) -> anyhow::Result<Vec<u16>> {
 /// Stops every recorded process at once (one thread each), so that the
 /// grace periods run side by side: the whole pool takes one grace period,
 /// not one per VM.
-fn stop_all(records: Vec<(u16, PidRecord)>, grace: Duration) -> Vec<Outcome> {
+fn stop_all(dir: &Path, records: Vec<(u16, PidRecord)>, grace: Duration) -> Vec<Outcome> {
     thread::scope(|scope| {
         let running: Vec<_> = records
             .iter()
-            .map(|(_, record)| {
+            .map(|(port, record)| {
                 scope.spawn(move || {
+                    // For the launcher's log: this exit is an operator's stop.
+                    let _ = vmpool::stopmark::write(dir, *port, record.pid);
                     let start = Instant::now();
                     (kill_if_ours(record, grace), start.elapsed())
                 })

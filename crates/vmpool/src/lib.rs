@@ -25,6 +25,7 @@ pub mod ports;
 pub mod probe;
 pub mod spawn;
 pub mod state;
+pub mod stopmark;
 
 pub use kill::{Stopped, kill_if_ours};
 pub use lock::PortLock;

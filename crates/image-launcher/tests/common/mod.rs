@@ -119,6 +119,15 @@ impl Pool {
             .unwrap_or_default()
     }
 
+    /// How many launches the port's VM log records (the launcher's
+    /// `=== image-launcher TIME: starting CMD` lines).
+    pub fn starts_logged(&self, port: u16) -> usize {
+        self.log(port)
+            .lines()
+            .filter(|l| l.starts_with("=== image-launcher ") && l.contains(": starting "))
+            .count()
+    }
+
     pub fn spec(&self) -> String {
         self.ports
             .iter()
