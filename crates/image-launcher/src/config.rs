@@ -109,6 +109,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "live_map")]
     pub health_path: Option<String>,
 
+    /// With --live-map: write the pool's metrics to FILE (Prometheus text
+    /// format, for node_exporter's textfile collector, e.g.
+    /// /var/lib/prometheus/node-exporter/seaside-pool.prom), atomically, on
+    /// every change and at least every 15 s.
+    #[arg(long, value_name = "FILE", requires = "live_map")]
+    pub metrics_file: Option<PathBuf>,
+
     /// How often --health-path is asked.
     #[arg(long, value_name = "S", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -209,6 +216,8 @@ pub struct Config {
     pub health_path: Option<String>,
     /// How often it is asked.
     pub health_every: Duration,
+    /// Where the metrics go, if anywhere.
+    pub metrics_file: Option<PathBuf>,
     /// The probe.
     pub probe: ProbeMethod,
     /// The VM's working directory.
@@ -274,6 +283,7 @@ impl Config {
             hang_timeout: Duration::from_secs(args.hang_timeout_s),
             health_path: args.health_path,
             health_every: Duration::from_secs(args.health_every_s),
+            metrics_file: args.metrics_file,
             max_starting: match args.max_starting {
                 0 => std::thread::available_parallelism().map_or(1, usize::from),
                 n => n,

@@ -16,7 +16,7 @@
 //! line names the port and the pid; the VM's own log gets a timestamped line
 //! too.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -27,6 +27,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use vmpool::files::open_regular;
+
+use crate::metrics::ExitCause;
 
 /// Why this launcher stopped a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Exits {
     log_dir: PathBuf,
     /// VMs this launcher is stopping, and why.
     stopping: Mutex<HashMap<u32, StopCause>>,
+    /// Exits counted by port and cause, for the metrics.
+    counts: Mutex<HashMap<(u16, ExitCause), u64>>,
     /// VMs this launcher started (its children): those it watches, and the
     /// last ones it reaped (the writer may learn of their exit after the
     /// reaping, and must not log it a second time).
@@ -77,6 +81,7 @@ impl Exits {
             pid_dir,
             log_dir,
             stopping: Mutex::default(),
+            counts: Mutex::default(),
             children: Mutex::default(),
         }
     }
@@ -126,56 +131,100 @@ impl Exits {
         }
         let after = format!("after {:.1} s", lived.as_secs_f64());
         let line = if let Some(cause) = lock(&self.stopping).remove(&pid) {
-            Line::info(format!("stopped by this launcher ({cause}) {after}"))
+            Line::info(
+                ExitCause::Stopped,
+                format!("stopped by this launcher ({cause}) {after}"),
+            )
         } else if let Some(signal) = status.signal() {
             if vmpool::stopmark::take(&self.pid_dir, port, pid) {
-                Line::info(format!(
-                    "stopped by server-map stop (signal {signal}) {after}"
-                ))
+                Line::info(
+                    ExitCause::Stopped,
+                    format!("stopped by server-map stop (signal {signal}) {after}"),
+                )
             } else {
-                Line::warn(format!(
-                    "was killed by signal {signal} {after}: not by this launcher"
-                ))
+                Line::warn(
+                    ExitCause::Killed,
+                    format!("was killed by signal {signal} {after}: not by this launcher"),
+                )
             }
         } else if status.code() == Some(0) {
             let why = if drained { "drained" } else { "idle, or done" };
-            Line::info(format!("exited by itself (status 0: {why}) {after}"))
+            Line::info(
+                ExitCause::Clean,
+                format!("exited by itself (status 0: {why}) {after}"),
+            )
         } else {
-            Line::warn(format!("exited with {status} {after}: a crash"))
+            Line::warn(
+                ExitCause::Crash,
+                format!("exited with {status} {after}: a crash"),
+            )
         };
-        line.log(port, pid, &self.log_dir);
+        self.record(port, pid, line);
     }
 
     /// Logs the exit of a VM that is not our child (started by an earlier
     /// launcher), seen through its pidfd.
     pub fn other_exited(&self, port: u16, pid: u32) {
         let line = if let Some(cause) = lock(&self.stopping).remove(&pid) {
-            Line::info(format!("stopped by this launcher ({cause})"))
+            Line::info(
+                ExitCause::Stopped,
+                format!("stopped by this launcher ({cause})"),
+            )
         } else if vmpool::stopmark::take(&self.pid_dir, port, pid) {
-            Line::info("stopped by server-map stop".to_owned())
+            Line::info(ExitCause::Stopped, "stopped by server-map stop".to_owned())
         } else {
             Line::warn(
+                ExitCause::Unknown,
                 "exited; it was started by an earlier launcher, so its exit status cannot be known here"
                     .to_owned(),
             )
         };
+        self.record(port, pid, line);
+    }
+
+    /// Counts an exit of `port`'s VM (a failed start is counted by
+    /// `supervise`, which logs it).
+    pub fn count(&self, port: u16, cause: ExitCause) {
+        *lock(&self.counts).entry((port, cause)).or_default() += 1;
+    }
+
+    /// The exits of `port`'s VMs so far, by cause.
+    pub fn counted(&self, port: u16) -> BTreeMap<ExitCause, u64> {
+        lock(&self.counts)
+            .iter()
+            .filter(|((p, _), _)| *p == port)
+            .map(|(&(_, cause), &n)| (cause, n))
+            .collect()
+    }
+
+    fn record(&self, port: u16, pid: u32, line: Line) {
+        self.count(port, line.cause);
         line.log(port, pid, &self.log_dir);
     }
 }
 
 /// One exit line.
 struct Line {
+    cause: ExitCause,
     warn: bool,
     text: String,
 }
 
 impl Line {
-    fn info(text: String) -> Line {
-        Line { warn: false, text }
+    fn info(cause: ExitCause, text: String) -> Line {
+        Line {
+            cause,
+            warn: false,
+            text,
+        }
     }
 
-    fn warn(text: String) -> Line {
-        Line { warn: true, text }
+    fn warn(cause: ExitCause, text: String) -> Line {
+        Line {
+            cause,
+            warn: true,
+            text,
+        }
     }
 
     /// To the ErrorLog, and a timestamped copy to the VM's own log.

@@ -37,6 +37,7 @@ mod hang;
 mod health;
 mod launcher;
 pub mod livemap;
+mod metrics;
 mod ports;
 mod supervise;
 mod survey;

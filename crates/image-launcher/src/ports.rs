@@ -219,6 +219,11 @@ impl PortTable {
         })
     }
 
+    /// The backoff left before `port`'s next launch, if any.
+    pub fn backoff_left(&self, port: u16) -> Option<Duration> {
+        self.read(port, |s| s.backoff_left(Instant::now()))
+    }
+
     /// (VMs launched, hung VMs stopped) on the port by this launcher.
     pub fn counts(&self, port: u16) -> (u64, u64) {
         self.read(port, |s| (s.launches, s.hung_stops))

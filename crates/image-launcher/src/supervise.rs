@@ -32,6 +32,7 @@ use vmpool::{
 use crate::config::{Config, fill_port};
 use crate::exits::{Exits, StopCause, vm_log_line};
 use crate::health::Draining;
+use crate::metrics::ExitCause;
 use crate::ports::{Claim, PortTable};
 
 /// How long a recorded VM gets to exit after SIGTERM before SIGKILL.
@@ -335,6 +336,7 @@ fn watch(shared: &Shared, port: u16, mut child: Child) {
     let config = &shared.config;
     let mut prober = shared.prober();
     let failed = |why: String| {
+        shared.exits.count(port, ExitCause::FailedStart);
         let pause = shared.table.start_failed(port);
         tracing::error!("port {port}: pid {pid} {why}; next launch in {pause:?} at the earliest");
     };

@@ -31,6 +31,8 @@ pub struct Survey {
     pub hung: BTreeMap<u16, Hung>,
     /// Hung since this check (to be stopped).
     pub newly_hung: Vec<u16>,
+    /// The accept queue of each listening VM, where the table tells.
+    pub accept_queues: BTreeMap<u16, u32>,
 }
 
 impl Survey {
@@ -108,6 +110,10 @@ impl Surveyor {
             listening: listeners.keys().copied().collect(),
             hung: self.hung.clone(),
             newly_hung,
+            accept_queues: listeners
+                .iter()
+                .filter_map(|(&port, l)| Some((port, l.as_ref()?.accept_queue)))
+                .collect(),
         }
     }
 

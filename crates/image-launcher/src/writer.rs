@@ -61,6 +61,7 @@ use vmpool::{Liveness, PidRecord, pidfd};
 
 use crate::health::{self, Targets};
 use crate::livemap::{DRAINING, LiveMap, Publisher};
+use crate::metrics::{Metrics, MetricsFile, PortMetrics};
 use crate::ports::Claim;
 use crate::supervise::{Shared, start_launch, stop_hung};
 use crate::survey::{Survey, Surveyor};
@@ -166,6 +167,8 @@ struct Writer {
     targets: Targets,
     /// What `LIVE_MAP.json` says now.
     state: Option<PoolState>,
+    /// `--metrics-file`.
+    metrics: Option<MetricsFile>,
     wakeups: Wakeups,
     watch: Option<DirWatch>,
     /// A pidfd per recorded VM that runs, and the record it was opened for.
@@ -266,6 +269,7 @@ impl Writer {
             surveyor: Surveyor::new(shared.prober(), config.hang_timeout, config.check_every),
             targets: Targets::default(),
             state: None,
+            metrics: config.metrics_file.clone().map(MetricsFile::new),
             wakeups,
             watch,
             exits: HashMap::new(),
@@ -353,6 +357,7 @@ impl Writer {
         };
         self.publish(&live, started);
         self.publish_state(&survey, &live);
+        self.write_metrics(&survey, &live, &active);
         self.plan_prestart(active);
         self.prestart_next();
         let now = Instant::now();
@@ -386,6 +391,38 @@ impl Writer {
                 self.publish_failed = true;
             }
         }
+    }
+
+    /// Updates `--metrics-file`, if asked.
+    fn write_metrics(&mut self, survey: &Survey, live: &LiveMap, active: &[u16]) {
+        let Some(file) = self.metrics.as_mut() else {
+            return;
+        };
+        let in_map = live.ports();
+        let table = &self.shared.table;
+        let uptime = |record: &PidRecord| match record.liveness() {
+            Ok(Liveness::Running { age }) => Some(age.as_secs()),
+            _ => None,
+        };
+        let ports = self.shared.config.ports.ports().iter().map(|&port| {
+            let metrics = PortMetrics {
+                listening: survey.listening.contains(&port),
+                up: self.up.contains(&port),
+                in_live_map: in_map.contains(&port),
+                in_active_set: active.contains(&port),
+                hung: survey.hung.contains_key(&port),
+                draining: live.draining.contains(&port),
+                accept_queue: survey.accept_queues.get(&port).copied().unwrap_or(0),
+                launches: table.counts(port).0,
+                exits: self.shared.exits.counted(port),
+                backoff_s: table.backoff_left(port).map_or(0.0, |d| d.as_secs_f64()),
+                uptime_s: self.exits.get(&port).and_then(|(record, _)| uptime(record)),
+            };
+            (port, metrics)
+        });
+        file.update(&Metrics {
+            ports: ports.collect(),
+        });
     }
 
     /// Rewrites `LIVE_MAP.json` when what it says changed.

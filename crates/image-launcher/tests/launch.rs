@@ -175,8 +175,10 @@ fn a_vm_that_never_listens_is_killed_by_its_watcher_at_its_start_timeout() {
         let _ = pool.ask(l, &port.to_string());
         pool.record(port).is_some_and(|r| r.pid != hung.pid)
     });
+    // Never two alive (the fresh one may be stopped already: it never
+    // listens either, and its start timeout is short).
     let vms = Pool::vms_on(port);
-    assert_eq!(vms.len(), 1, "VMs alive on {port}: {vms:?}");
+    assert!(vms.len() <= 1, "VMs alive on {port}: {vms:?}");
 }
 
 #[test]
