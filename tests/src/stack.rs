@@ -321,6 +321,15 @@ impl Stack {
         found
     }
 
+    /// True when no VM is on its way: every recorded VM that runs listens,
+    /// and with the live map, the whole active set is in it.
+    pub fn settled(&self) -> bool {
+        let all_listen = self.vms().iter().all(|&(port, _)| {
+            vmpool::connect_probe(([127, 0, 0, 1], port).into(), Duration::from_millis(100))
+        });
+        all_listen && (self.maps == 3 || self.live_map().contains("\nALL "))
+    }
+
     /// Live VMs of this stack: (port, pid) from the pid records.
     pub fn vms(&self) -> Vec<(u16, u32)> {
         self.ports

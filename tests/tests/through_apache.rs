@@ -513,6 +513,13 @@ fn a_graceful_restart_under_load_keeps_vms_fails_nothing_and_leaves_no_map_behin
         let done = Arc::new(AtomicU64::new(0));
         let load = sticky_load(sessions, stop.clone(), failures.clone(), done.clone());
         assert!(wait_until(BOUND, || done.load(Ordering::SeqCst) > 20));
+        // A steady state first: no VM on its way (the launcher starts the
+        // active set at boot, and launches on demand).
+        assert!(
+            wait_until(BOUND, || stack.settled()),
+            "{}",
+            stack.error_log()
+        );
         let vms_before = stack.vms();
         let live_before = live_servers(&stack);
         stack.graceful();

@@ -141,6 +141,13 @@ pub struct Args {
     #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
+    /// Check what a launch will need with these arguments (the VM command
+    /// and user, the directories, the live map, the balance file), print one
+    /// line per check and exit: 0 when all pass. Nothing is launched.
+    /// `server-map preflight` runs it with the site's own arguments.
+    #[arg(long)]
+    pub check: bool,
+
     /// Answer these keys and exit (0 when every key got a port), instead of
     /// reading keys from stdin. For trying the launcher by hand.
     #[arg(long = "key", value_name = "KEY")]

@@ -39,6 +39,7 @@ mod launcher;
 pub mod livemap;
 mod metrics;
 mod ports;
+mod preflight;
 mod supervise;
 mod survey;
 mod writer;
@@ -64,6 +65,9 @@ const MAP: MapProgram = MapProgram {
 /// launcher serves Apache and is not a successor), then answers keys until
 /// end of input or SIGTERM.
 pub fn run(args: Args) -> ExitCode {
+    if args.check {
+        return preflight::run(&args);
+    }
     if let Err(e) = MAP.start(&args.common) {
         tracing::error!("cannot start: {e}");
         return ExitCode::from(2);

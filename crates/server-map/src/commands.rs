@@ -15,6 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::preflight::PreflightArgs;
 use crate::status::StatusArgs;
 use crate::stop::StopArgs;
 use anyhow::Context;
@@ -101,6 +102,19 @@ pub enum Command {
     /// the launcher from launching VMs again for new requests; or stop only
     /// some VMs (--ports), such as a drained set after a cut-over.
     Stop(StopArgs),
+
+    /// Before a reload: check what the launcher will need with the arguments
+    /// the site really gives it (Apache expands its configuration; each
+    /// image-launcher map is run with --check). One line per check; exit 0
+    /// when all pass, 1 otherwise, 2 when Apache's configuration cannot be
+    /// read.
+    ///
+    /// Run it beside `apache2ctl configtest`: configtest checks Apache's
+    /// syntax, preflight that the VM command is an absolute path the VM user
+    /// can execute, the user exists and is not root, the pid and log
+    /// directories are safe, the live map exists, the balance file is good
+    /// and its active set within the ports.
+    Preflight(PreflightArgs),
 }
 
 /// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
@@ -111,6 +125,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Switch { file, new, force } => switch(out, &file, &new, force),
         Command::Status(args) => crate::status::status(out, &args),
         Command::Stop(args) => crate::stop::stop(out, &args),
+        Command::Preflight(args) => crate::preflight::preflight(out, &args),
     };
     let result = result.and_then(|code| {
         out.flush()?;

@@ -24,6 +24,7 @@
 //! not do their job.
 
 mod commands;
+mod preflight;
 mod status;
 mod stop;
 
