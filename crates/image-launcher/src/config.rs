@@ -203,6 +203,8 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// The VMs' user; `None`: the launcher's own (it is not root).
     pub user: Option<Identity>,
+    /// The uid a VM's listener must belong to: the VMs' user's.
+    pub vm_uid: u32,
     /// Launch to listening, at most.
     pub start_timeout: Duration,
     /// A VM that exits sooner after launch is a failed start.
@@ -276,7 +278,11 @@ impl Config {
                 "{PORT_PLACEHOLDER} appears in no argument or --env value: every VM gets the same command line"
             );
         }
+        let vm_uid = user
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid.as_raw());
         Ok(Config {
+            vm_uid,
             ports: args.ports,
             pid_dir,
             log_dir,

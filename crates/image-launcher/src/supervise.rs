@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rewritemap::throttle::{Throttle, held_back_note};
 use vmpool::files::open_regular;
 use vmpool::{
-    Launch, Liveness, PidRecord, PortLock, Prober, Stopped, kill_if_ours, spawn_detached,
+    Found, Launch, Liveness, PidRecord, PortLock, Prober, Stopped, kill_if_ours, spawn_detached,
 };
 
 use crate::config::{Config, fill_port};
@@ -81,7 +81,7 @@ impl Shared {
     /// The probe every part of the launcher uses: the configured method,
     /// one timeout.
     pub fn prober(&self) -> Prober {
-        Prober::new(self.config.probe, PROBE_TIMEOUT)
+        Prober::new(self.config.probe, PROBE_TIMEOUT).owned_by(Some(self.config.vm_uid))
     }
 
     /// Logs a launch failure: the first time for this port and reason, then
@@ -171,8 +171,16 @@ fn launch(shared: &Shared, port: u16) -> Outcome {
         Err(e) => return Outcome::Failed(format!("cannot lock: {e}")),
     };
     let mut prober = shared.prober();
-    if prober.is_listening(vm_addr(port)) {
-        return Outcome::NotNeeded("already listening".into());
+    match prober.find(vm_addr(port)) {
+        Found::Up => return Outcome::NotNeeded("already listening".into()),
+        // Never launched over: the VM could not bind, and the stranger
+        // would keep the port.
+        Found::Stranger { uid } => {
+            return Outcome::Failed(format!(
+                "a socket of uid {uid}, not the VM user, listens on the port: nothing launched"
+            ));
+        }
+        Found::Down => {}
     }
     match PidRecord::read(&config.pid_dir, port) {
         Ok(Some(record)) => {

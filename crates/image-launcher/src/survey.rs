@@ -1,9 +1,15 @@
 //! The pool as the live map's writer sees it at one check: which ports a VM
-//! listens on (the kernel's exact lookup, its owner checked), and which of
-//! those VMs are hung (their queues, sampled at most every second or so:
-//! see `hang`). A VM that is up is one that listens and is not hung.
+//! listens on (the kernel's exact lookup), and which of those VMs are hung
+//! (their queues, sampled at most every second or so: see `hang`). A VM that
+//! is up is one that listens and is not hung.
+//!
+//! A port is the VM's only if its listener is: the socket must belong to the
+//! VM user, and where a pid record names the port's VM, to that very process
+//! (or its process group). Any other listener is a stranger: never routed
+//! to, never launched over, named in the log and the state file. (A VM of
+//! the same user that binds another VM's port is a stranger too.)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rewritemap::throttle::{Throttle, held_back_note};
@@ -22,6 +28,16 @@ pub struct Hung {
     pub evidence: Evidence,
 }
 
+/// What one port's listener is.
+enum Seen {
+    /// The VM's (`None`: known only by a connect).
+    Vm(Option<Listener>),
+    /// Someone else's: its uid.
+    Stranger(u32),
+    /// Nothing listens.
+    Nothing,
+}
+
 /// One check's view of the pool.
 #[derive(Debug, Default)]
 pub struct Survey {
@@ -33,6 +49,8 @@ pub struct Survey {
     pub newly_hung: Vec<u16>,
     /// The accept queue of each listening VM, where the table tells.
     pub accept_queues: BTreeMap<u16, u32>,
+    /// Ports some other socket holds: the uid of its owner.
+    pub strangers: BTreeMap<u16, u32>,
 }
 
 impl Survey {
@@ -57,6 +75,8 @@ pub struct Surveyor {
     sampled_at: Option<Instant>,
     hung: BTreeMap<u16, Hung>,
     strangers: Throttle<u16>,
+    /// Listeners already proved to be their recorded VM's: (port, inode, pid).
+    proved: BTreeSet<(u16, u32, u32)>,
 }
 
 impl Surveyor {
@@ -79,17 +99,28 @@ impl Surveyor {
             sampled_at: None,
             hung: BTreeMap::new(),
             strangers: Throttle::new(Duration::from_secs(60)),
+            proved: BTreeSet::new(),
         }
     }
 
-    /// Looks at `ports` now.
-    pub fn survey(&mut self, ports: &[u16], now: Instant) -> Survey {
+    /// Looks at `ports` now; `recorded`: the pid of each port's VM, from
+    /// its pid record, where one runs.
+    pub fn survey(&mut self, ports: &[u16], recorded: &HashMap<u16, u32>, now: Instant) -> Survey {
         let mut listeners: BTreeMap<u16, Option<Listener>> = BTreeMap::new();
+        let mut strangers = BTreeMap::new();
         for &port in ports {
-            if let Some(found) = self.listener(port) {
-                listeners.insert(port, found);
+            match self.listener(port, recorded.get(&port).copied()) {
+                Seen::Vm(listener) => {
+                    listeners.insert(port, listener);
+                }
+                Seen::Stranger(uid) => {
+                    strangers.insert(port, uid);
+                }
+                Seen::Nothing => {}
             }
         }
+        self.proved
+            .retain(|(port, _, _)| listeners.contains_key(port));
         // A VM that no longer listens is no longer hung: a new one starts
         // with a clean slate.
         for port in ports {
@@ -114,29 +145,51 @@ impl Surveyor {
                 .iter()
                 .filter_map(|(&port, l)| Some((port, l.as_ref()?.accept_queue)))
                 .collect(),
+            strangers,
         }
     }
 
-    /// `Some(listener)` when the VM listens (`Some(None)` when only a
-    /// connect could tell); `None` when nothing of the VM's user listens.
-    fn listener(&mut self, port: u16) -> Option<Option<Listener>> {
+    /// What listens on `port`; `vm`: the pid its record names.
+    fn listener(&mut self, port: u16, vm: Option<u32>) -> Seen {
         let addr = vm_addr(port);
         if let Some(listener) = self.prober.listener(addr) {
-            self.strangers.reset(&port);
-            return Some(Some(listener));
+            let theirs = vm.is_none_or(|pid| {
+                let known = (port, listener.inode, pid);
+                self.proved.contains(&known) || {
+                    let holds = vmpool::pidrecord::holds_socket(pid, listener.inode);
+                    if holds {
+                        self.proved.insert(known);
+                    }
+                    holds
+                }
+            });
+            if theirs {
+                self.strangers.reset(&port);
+                return Seen::Vm(Some(listener));
+            }
+            self.warn_stranger(
+                port,
+                listener.uid,
+                " (the VM user's, but not its recorded VM's)",
+            );
+            return Seen::Stranger(listener.uid);
         }
         match self.prober.find(addr) {
-            Found::Up => Some(None),
+            Found::Up => Seen::Vm(None),
             Found::Stranger { uid } => {
-                if let Some(held) = self.strangers.admit(port) {
-                    tracing::warn!(
-                        "port {port}: a socket of uid {uid}, not the VM user, listens there: not routed to{}",
-                        held_back_note(held)
-                    );
-                }
-                None
+                self.warn_stranger(port, uid, ", not the VM user's");
+                Seen::Stranger(uid)
             }
-            Found::Down => None,
+            Found::Down => Seen::Nothing,
+        }
+    }
+
+    fn warn_stranger(&mut self, port: u16, uid: u32, whose: &str) {
+        if let Some(held) = self.strangers.admit(port) {
+            tracing::warn!(
+                "port {port}: a socket of uid {uid}{whose} listens there: never routed to, never launched over{}",
+                held_back_note(held)
+            );
         }
     }
 

@@ -43,7 +43,7 @@
 //! set's VMs that are down in the background, at most `--max-starting` at a
 //! time, so that the first visitors are not held for a whole image boot.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -293,7 +293,14 @@ impl Writer {
         // The recorded VMs first: every VM this writer publishes is one
         // whose exit it will see (and log).
         self.refresh_records(false);
-        let survey = self.surveyor.survey(config.ports.ports(), started);
+        let recorded: HashMap<u16, u32> = self
+            .exits
+            .iter()
+            .map(|(&port, (record, _))| (port, record.pid))
+            .collect();
+        let survey = self
+            .surveyor
+            .survey(config.ports.ports(), &recorded, started);
         // A VM of ours is published once its pid record is written (it can
         // listen a moment before): what the map shows, a record backs.
         // A hung VM being stopped stays out until it is gone, even if it
@@ -315,11 +322,7 @@ impl Writer {
             stop_hung(&shared, port);
         }
         // The VMs that run now (their pid records), for the drain requests.
-        let alive: HashMap<u16, u32> = self
-            .exits
-            .iter()
-            .map(|(&port, (record, _))| (port, record.pid))
-            .collect();
+        let alive = recorded;
         self.targets.set(
             alive
                 .iter()
@@ -358,7 +361,7 @@ impl Writer {
         self.publish(&live, started);
         self.publish_state(&survey, &live);
         self.write_metrics(&survey, &live, &active);
-        self.plan_prestart(active);
+        self.plan_prestart(active, &survey.strangers);
         self.prestart_next();
         let now = Instant::now();
         self.starting_until
@@ -453,6 +456,7 @@ impl Writer {
                         draining: live.draining.contains(&port),
                         launches,
                         hung_kills,
+                        taken_by_uid: survey.strangers.get(&port).copied(),
                     }
                 })
                 .collect(),
@@ -469,16 +473,16 @@ impl Writer {
     /// Queues the active set's VMs that are down, on a boot (no VM of the
     /// active set listens when this launcher becomes the writer) and on a
     /// cut-over (the active set changed).
-    fn plan_prestart(&mut self, active: Vec<u16>) {
+    fn plan_prestart(&mut self, active: Vec<u16>, strangers: &BTreeMap<u16, u32>) {
+        // Never launched over a stranger's socket.
         let down: Vec<u16> = active
             .iter()
             .copied()
-            .filter(|p| !self.up.contains(p))
+            .filter(|p| !self.up.contains(p) && !strangers.contains_key(p))
             .collect();
+        let none_up = active.iter().all(|p| !self.up.contains(p));
         let why = match &self.last_active {
-            None if !active.is_empty() && down.len() == active.len() => {
-                Some("no VM of the active set listens")
-            }
+            None if !down.is_empty() && none_up => Some("no VM of the active set listens"),
             Some(previous) if *previous != active && !down.is_empty() => {
                 Some("the active set changed")
             }

@@ -140,12 +140,12 @@ fn a_hung_listener_that_its_pid_record_does_not_prove_ours_is_never_signalled() 
     let port = site.pool.ports[0];
     // A VM that no launcher started, and a record naming an unrelated live
     // process under a start time that is not its own (as after a pid reuse).
-    let mut vm = Command::new(site.pool.demo_vm())
-        .args(["--port", &port.to_string()])
+    let mut vm = Command::new(site.pool.demo_vm());
+    vm.args(["--port", &port.to_string()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("demo-vm");
+        .stderr(Stdio::null());
+    vm_user(&mut vm);
+    let mut vm = vm.spawn().expect("demo-vm");
     let mut bystander = Command::new("sleep").arg("60").spawn().expect("sleep");
     let real = PidRecord::of_process(bystander.id()).expect("record");
     PidRecord {

@@ -6,7 +6,6 @@ mod common;
 
 use std::ffi::OsString;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,7 +20,7 @@ use vmpool::{Liveness, PidRecord};
 #[test]
 fn a_listening_port_is_answered_at_once_and_nothing_is_launched() {
     let mut pool = Pool::new(2);
-    let vm = TcpListener::bind(("127.0.0.1", pool.ports[0])).expect("bind");
+    let vm = pool.stand_in(pool.ports[0]);
     let l = pool.launcher(&[], &[]);
     let port = pool.ports[0].to_string();
     for _ in 0..3 {
@@ -78,7 +77,7 @@ fn a_cold_pool_launches_the_vm_and_answers_its_own_port() {
 fn a_warm_pool_answers_another_port_at_once_while_the_key_vm_starts() {
     let mut pool = Pool::new(2);
     let (warm, cold) = (pool.ports[0], pool.ports[1]);
-    let _vm = TcpListener::bind(("127.0.0.1", warm)).expect("bind");
+    let _vm = pool.stand_in(warm);
     let l = pool.launcher(&[], &["--start-delay-ms", "3000"]);
     let (answer, took) = pool.ask(l, &cold.to_string());
     assert_eq!(answer, warm.to_string());
@@ -92,7 +91,7 @@ fn a_warm_pool_answers_another_port_at_once_while_the_key_vm_starts() {
 fn with_wait_the_lookup_waits_for_the_key_vm() {
     let mut pool = Pool::new(2);
     let (warm, cold) = (pool.ports[0], pool.ports[1]);
-    let _vm = TcpListener::bind(("127.0.0.1", warm)).expect("bind");
+    let _vm = pool.stand_in(warm);
     let l = pool.launcher(&["--wait"], &["--start-delay-ms", "500"]);
     let (answer, took) = pool.ask(l, &cold.to_string());
     assert_eq!(answer, cold.to_string(), "{}", pool.stderr(l));
@@ -476,7 +475,7 @@ fn with_balance_a_starting_vm_is_covered_by_the_active_set_once_one_is_up() {
     let mut pool = Pool::new(4);
     let (old, active, key1, key2) = (pool.ports[0], pool.ports[1], pool.ports[2], pool.ports[3]);
     // A VM of the old set listens; the active set is active|key1|key2.
-    let _old_vm = TcpListener::bind(("127.0.0.1", old)).expect("bind");
+    let _old_vm = pool.stand_in(old);
     let balance = pool.dir.path().join("balance.conf");
     let names: String = pool.ports.iter().map(|p| format!("app{p} {p}\n")).collect();
     fs::write(&balance, format!("{names}ALL {active}|{key1}|{key2}\n")).expect("write");
@@ -492,7 +491,7 @@ fn with_balance_a_starting_vm_is_covered_by_the_active_set_once_one_is_up() {
     assert_eq!(pool.ask(l, &key1.to_string()).0, key1.to_string());
     // Once VMs of the active set listen, they cover for a starting one; the
     // old set's VM never does.
-    let _active_vm = TcpListener::bind(("127.0.0.1", active)).expect("bind");
+    let _active_vm = pool.stand_in(active);
     for _ in 0..10 {
         let (answer, took) = pool.ask(l, &key2.to_string());
         if answer == key2.to_string() {

@@ -73,10 +73,15 @@ fn a_vm_killed_leaves_the_map_and_all_goes_until_it_is_back() {
     let map = site.map();
     assert_eq!(map.all, None, "ALL while a VM of the active set is down");
     assert_eq!(map.servers, servers(&[b]));
-    // The next new session goes through the launcher, which relaunches it.
+    // The next new sessions go through the launcher, which covers with the
+    // live VM and relaunches the dead one (after its backoff, if it died
+    // young).
     let (answer, _) = site.pool.ask(l, &a.to_string());
     assert_eq!(answer, b.to_string(), "covered by the live VM");
-    site.wait_map("the VM back, and ALL", |map| map.all.is_some());
+    wait_until("the VM back, and ALL", BOUND, || {
+        let _ = site.pool.ask(l, &a.to_string());
+        site.map().all.is_some()
+    });
 }
 
 #[test]
@@ -194,4 +199,34 @@ fn a_missing_vm_command_keeps_the_launcher_answering_and_is_picked_up_once_it_ex
         "{launch_errors} launch errors logged\n{}",
         site.pool.stderr(l)
     );
+}
+
+#[test]
+fn a_listener_that_is_not_the_recorded_vms_own_is_a_stranger_even_of_the_vm_user() {
+    let mut site = Site::new(1, 1);
+    let port = site.pool.ports[0];
+    // The record names a live process of the VM user (as if it were the
+    // port's VM); another process of the same user holds the port.
+    let mut recorded = std::process::Command::new("sleep");
+    recorded.arg("60");
+    vm_user(&mut recorded);
+    let mut recorded = recorded.spawn().expect("sleep");
+    vmpool::PidRecord::of_process(recorded.id())
+        .and_then(|r| r.write(&site.pool.pid_dir(), port))
+        .expect("record");
+    let _other = site.pool.stand_in(port);
+    let l = site.launcher(&[], &[]);
+    assert!(
+        site.pool.launchers[l].wait_stderr("not its recorded VM's", BOUND),
+        "{}",
+        site.pool.stderr(l)
+    );
+    assert!(site.map().servers.is_empty(), "{}", site.text());
+    let _ = recorded.kill();
+    let _ = recorded.wait();
+    // The recorded VM gone: the listener is the VM user's and nobody's VM
+    // in particular (started by hand): it is the port's VM.
+    site.wait_map("the hand-started VM in the map", |map| {
+        map.ports().contains(&port)
+    });
 }

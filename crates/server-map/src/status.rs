@@ -71,6 +71,9 @@ struct Row {
     /// launcher that writes the live map, since it started.
     launches: Option<u64>,
     hung_kills: Option<u64>,
+    /// Likewise: a socket that is not the VM's listens on the port (a local
+    /// user took it): its owner's uid. Never routed to, never launched over.
+    taken_by_uid: Option<u32>,
     state: &'static str,
 }
 
@@ -237,7 +240,10 @@ fn survey(
             let known = pool.and_then(|pool| pool.ports.iter().find(|p| p.port == port));
             let hung = known.and_then(|p| p.hung.clone());
             let asked_to_drain = known.map(|p| p.draining);
-            let state = if hung.is_some() {
+            let taken_by_uid = known.and_then(|p| p.taken_by_uid);
+            let state = if taken_by_uid.is_some() {
+                "taken"
+            } else if hung.is_some() {
                 "hung"
             } else if asked_to_drain == Some(true) {
                 "draining (asked)"
@@ -258,6 +264,7 @@ fn survey(
                 asked_to_drain,
                 launches: known.map(|p| p.launches),
                 hung_kills: known.map(|p| p.hung_kills),
+                taken_by_uid,
                 state,
             }
         })
@@ -382,6 +389,15 @@ fn print_table(out: &mut impl Write, status: &Status) -> io::Result<()> {
         print_live_summary(out, live, &status.servers)?;
     }
     for row in &status.servers {
+        if let Some(uid) = row.taken_by_uid {
+            writeln!(
+                out,
+                "{} ({}): taken by uid {uid}: a socket that is not the VM's listens there; never routed to, never launched over (find it: ss -ltnpe 'sport = :{}')",
+                row.name.as_deref().unwrap_or("-"),
+                row.port,
+                row.port
+            )?;
+        }
         if let Some(hung) = &row.hung {
             let since = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

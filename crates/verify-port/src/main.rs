@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rewritemap::{BadKey, CommonArgs, MapProgram};
-use vmpool::{PortSpec, ProbeMethod, Prober};
+use vmpool::{Identity, PortSpec, ProbeMethod, Prober};
 
 use crate::target::Targets;
 
@@ -51,6 +51,13 @@ struct Args {
     /// Only these ports may be probed (e.g. 3001-3010); others are closed.
     #[arg(long, value_name = "SPEC")]
     ports: Option<PortSpec>,
+
+    /// A loopback port is open only when its listener belongs to this user
+    /// (the VMs' user): a socket another local user bound on a pool port is
+    /// closed, so it never gets a session. Checked in the kernel's table
+    /// (a connect cannot tell who listens).
+    #[arg(long, value_name = "USER")]
+    owner: Option<String>,
 
     /// How to learn that a loopback port listens: listen-table (the kernel's
     /// table of listening sockets: the VM sees nothing, and a VM too busy to
@@ -87,9 +94,16 @@ fn main() -> ExitCode {
         tracing::error!("cannot start: {e}");
         return ExitCode::from(2);
     }
+    let owner = match args.owner.as_deref().map(Identity::lookup).transpose() {
+        Ok(owner) => owner.map(|user| user.uid.as_raw()),
+        Err(e) => {
+            tracing::error!("--owner: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let targets = Targets::new(&args.allow_host, args.ports);
     let timeout = Duration::from_millis(args.timeout_ms);
-    let mut prober = Prober::new(args.probe, timeout);
+    let mut prober = Prober::new(args.probe, timeout).owned_by(owner);
     tracing::info!("ready: probe {}, timeout {timeout:?}", args.probe);
     MAP.run(&args.keys, |key| answer(&targets, &mut prober, key))
 }

@@ -299,3 +299,31 @@ fn a_terminal_on_stdin_gets_a_one_line_hint_on_stderr() {
     assert_eq!(hints.len(), 1, "{stderr}");
     assert!(hints[0].starts_with("verify-port: "), "{stderr}");
 }
+
+#[test]
+fn with_owner_a_listener_of_another_user_is_closed() {
+    let (_vm, port) = listen("127.0.0.1:0");
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .expect("my user")
+        .name;
+    let other = if me == "nobody" { "root" } else { "nobody" };
+    let mut mine = start(&["--owner", &me]);
+    assert_eq!(ask(&mut mine, &port.to_string()), format!("open{port}"));
+    // Another user's listener: a stranger on a pool port gets no session.
+    let mut theirs = start(&["--owner", other]);
+    assert_eq!(ask(&mut theirs, &port.to_string()), "closed");
+    // An unknown owner is a start-up error, not a silent pass.
+    let out = Command::new(BIN)
+        .args(["--owner", "no-such-user-here", &port.to_string()])
+        .env_clear()
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

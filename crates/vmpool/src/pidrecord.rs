@@ -69,6 +69,37 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// True if process `pid`, or a process of the group it leads (a VM's
+/// helpers), holds the socket with inode `inode` (`/proc/PID/fd/N` links to
+/// `socket:[inode]`). How a listener is told to be a recorded VM's own.
+pub fn holds_socket(pid: u32, inode: u32) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    let holds = |pid: u32| {
+        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())
+            })
+        })
+    };
+    if holds(pid) {
+        return true;
+    }
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&other| other != pid)
+        .filter(|&other| {
+            proc_stat(other)
+                .ok()
+                .flatten()
+                .is_some_and(|stat| stat.pgrp == pid as i32)
+        })
+        .any(holds)
+}
+
 /// The current boot's id, read once.
 fn boot_id() -> &'static str {
     static BOOT_ID: OnceLock<String> = OnceLock::new();

@@ -37,6 +37,9 @@ pub struct PortState {
     pub launches: u64,
     /// Hung VMs stopped on it by the writer since it started.
     pub hung_kills: u64,
+    /// A socket that is not the VM's holds the port: its owner's uid.
+    #[serde(default)]
+    pub taken_by_uid: Option<u32>,
 }
 
 /// The evidence of a hang.

@@ -119,6 +119,20 @@ impl Pool {
             .unwrap_or_default()
     }
 
+    /// A VM nobody launched (no pid record), listening on `port` as the VM
+    /// user (`nobody` when the tests run as root), until dropped.
+    pub fn stand_in(&self, port: u16) -> StandIn {
+        let mut command = Command::new(self.demo_vm());
+        command
+            .args(["--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        vm_user(&mut command);
+        let child = command.spawn().expect("start a stand-in VM");
+        wait_until("the stand-in VM listening", BOUND, || listening(port));
+        StandIn(child)
+    }
+
     /// How many launches the port's VM log records (the launcher's
     /// `=== image-launcher TIME: starting CMD` lines).
     pub fn starts_logged(&self, port: u16) -> usize {
@@ -205,6 +219,28 @@ impl Pool {
                     .is_some_and(|s| s.state != 'Z')
             })
             .collect()
+    }
+}
+
+/// Makes `command` run as the VMs' user of the tests (`nobody` as root).
+pub fn vm_user(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    if is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .expect("a nobody user");
+        command.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    }
+}
+
+/// A stand-in VM process, killed and reaped on drop.
+pub struct StandIn(pub std::process::Child);
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
