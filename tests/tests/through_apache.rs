@@ -463,6 +463,9 @@ fn no_stall_while_a_slow_vm_starts_for_a_new_session() {
     // relaunches it (3 s) while sticky and new requests flow.
     let record = stack.record(other).expect("record");
     e2e::stack::kill_and_reap(record.pid, Signal::SIGKILL);
+    // (The moment between a death and the live map's next version is the
+    // kill -9 test's business; here the launch is.)
+    assert!(wait_until(BOUND, || !live_servers(&stack).contains(&other)));
     let stop = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicU64::new(0));
     let count = Arc::new(AtomicU64::new(0));

@@ -353,6 +353,10 @@ fn resolve_user(spec: Option<&str>) -> anyhow::Result<Option<Identity>> {
                 !identity.uid.is_root(),
                 "--user {spec}: refusing to run VMs as root"
             );
+            ensure!(
+                identity.gid.as_raw() != 0 && identity.groups.iter().all(|g| g.as_raw() != 0),
+                "--user {spec}: refusing to run VMs with group 0 (root's group, which owns files a VM must not write): give the VM user a group of its own"
+            );
             if !root {
                 ensure!(
                     identity.uid == nix::unistd::geteuid(),

@@ -435,6 +435,31 @@ fn root_without_user_is_refused_with_exit_code_2() {
 }
 
 #[test]
+fn a_vm_user_with_group_0_is_refused() {
+    if !is_root() {
+        eprintln!("SKIPPED: only root can name another user");
+        return;
+    }
+    let pool = Pool::new(1);
+    for user in ["nobody:0", "nobody:root"] {
+        let out = Command::new(LAUNCHER)
+            .env_clear()
+            .args(["--ports", &pool.spec(), "--user", user, "--pid-dir"])
+            .arg(pool.pid_dir())
+            .arg("--log-dir")
+            .arg(pool.dir.path().join("log"))
+            .arg("--")
+            .arg(pool.demo_vm())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{user}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("group 0"), "{user}: {stderr}");
+    }
+}
+
+#[test]
 fn an_unsafe_pid_dir_is_refused() {
     let mut pool = Pool::new(1);
     fs::set_permissions(pool.pid_dir(), fs::Permissions::from_mode(0o777)).expect("chmod");

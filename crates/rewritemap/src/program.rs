@@ -72,9 +72,14 @@ pub struct MapProgram {
 }
 
 impl MapProgram {
-    /// Installs logging (stderr only) and the SIGTERM handler. Call first.
-    /// In a successor (see [`crate::successor`]), also bounds its life.
+    /// Installs logging (stderr only) and the SIGTERM handler, and makes
+    /// the process non-dumpable: its `/proc/PID` files then belong to root,
+    /// so a process of the same user (a compromised VM, or Apache's worker)
+    /// can neither read its environment nor attach to it with ptrace and
+    /// change what it answers. Call first. In a successor (see
+    /// [`crate::successor`]), also bounds its life.
     pub fn start(&self, common: &CommonArgs) -> io::Result<()> {
+        nix::sys::prctl::set_dumpable(false)?;
         let _ = tracing_subscriber::fmt()
             .with_writer(io::stderr)
             .with_ansi(false)

@@ -327,3 +327,49 @@ fn with_owner_a_listener_of_another_user_is_closed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_map_is_not_dumpable_its_own_user_cannot_read_its_environment() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIPPED: needs root to run the map as nobody");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("nobody");
+    let as_nobody = |command: &mut Command| {
+        command.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+    };
+    let read_environ = |pid: u32| {
+        let mut cat = Command::new("cat");
+        cat.arg(format!("/proc/{pid}/environ"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_nobody(&mut cat);
+        cat.status().expect("cat").success()
+    };
+    // The control: an ordinary process of nobody is readable by nobody.
+    let mut plain = Command::new("sleep");
+    plain.arg("30");
+    as_nobody(&mut plain);
+    let mut plain = plain.spawn().expect("sleep");
+    assert!(
+        read_environ(plain.id()),
+        "the control cannot be read: the test proves nothing"
+    );
+    let _ = plain.kill();
+    let _ = plain.wait();
+
+    let mut command = Command::new(BIN);
+    as_nobody(&mut command);
+    let mut map = MapProcess::spawn_command(command).expect("verify-port as nobody");
+    let port = closed_port();
+    assert_eq!(ask(&mut map, &port.to_string()), "closed", "it serves");
+    assert!(
+        !read_environ(map.pid()),
+        "nobody read the map's environment"
+    );
+}
