@@ -3,14 +3,13 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use rewritemap::CommonArgs;
-use vmpool::files::checked_dir;
+use vmpool::safedir::SafeDir;
 use vmpool::{Identity, PortSpec, ProbeMethod};
 
 use crate::supervise::command_problem;
@@ -197,10 +196,10 @@ By hand: image-launcher ... --key 3001 -- CMD ARGS";
 pub struct Config {
     /// The pool.
     pub ports: PortSpec,
-    /// Canonical, checked pid directory.
-    pub pid_dir: PathBuf,
-    /// Canonical, checked log directory.
-    pub log_dir: PathBuf,
+    /// The pid directory, checked and held open.
+    pub pid_dir: SafeDir,
+    /// The log directory, checked and held open.
+    pub log_dir: SafeDir,
     /// The VMs' user; `None`: the launcher's own (it is not root).
     pub user: Option<Identity>,
     /// The uid a VM's listener must belong to: the VMs' user's.
@@ -321,21 +320,13 @@ fn live_map_path(path: &std::path::Path) -> anyhow::Result<PathBuf> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => std::path::Path::new("."),
     };
-    Ok(ensure_dir(dir)?.join(name))
+    Ok(ensure_dir(dir)?.path().join(name))
 }
 
 /// Creates `dir` (mode 0755) if it is missing, as after a reboot empties
-/// `/run`; then checks it like any other.
-fn ensure_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        tracing::info!("created {}", dir.display());
-    }
-    Ok(checked_dir(dir)?)
+/// `/run`; checks it component by component and holds it open.
+fn ensure_dir(dir: &std::path::Path) -> anyhow::Result<SafeDir> {
+    Ok(SafeDir::open_or_create(dir)?)
 }
 
 /// As root, `--user` is required and must not be root; otherwise VMs run as

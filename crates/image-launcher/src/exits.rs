@@ -18,15 +18,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use vmpool::files::open_regular;
+use vmpool::safedir::{Access, SafeDir};
 
 use crate::metrics::ExitCause;
 
@@ -52,9 +50,9 @@ impl fmt::Display for StopCause {
 #[derive(Debug)]
 pub struct Exits {
     /// Where pid records (and `server-map stop`'s notes) are.
-    pid_dir: PathBuf,
+    pid_dir: SafeDir,
     /// Where the VMs' logs are.
-    log_dir: PathBuf,
+    log_dir: SafeDir,
     /// VMs this launcher is stopping, and why.
     stopping: Mutex<HashMap<u32, StopCause>>,
     /// Exits counted by port and cause, for the metrics.
@@ -76,7 +74,7 @@ const REAPED_KEPT: usize = 256;
 
 impl Exits {
     /// The exits of the VMs of `pid_dir`, logged also in `log_dir`.
-    pub fn new(pid_dir: PathBuf, log_dir: PathBuf) -> Exits {
+    pub fn new(pid_dir: SafeDir, log_dir: SafeDir) -> Exits {
         Exits {
             pid_dir,
             log_dir,
@@ -228,7 +226,7 @@ impl Line {
     }
 
     /// To the ErrorLog, and a timestamped copy to the VM's own log.
-    fn log(self, port: u16, pid: u32, log_dir: &Path) {
+    fn log(self, port: u16, pid: u32, log_dir: &SafeDir) {
         if self.warn {
             tracing::warn!("port {port}: pid {pid} {}", self.text);
         } else {
@@ -241,9 +239,8 @@ impl Line {
 
 /// Appends `=== image-launcher TIME: TEXT` to the VM's log, for a person
 /// reading it; not fatal.
-pub fn vm_log_line(log_dir: &Path, port: u16, text: &str) {
-    let path = log_dir.join(format!("{port}.log"));
-    if let Ok(mut log) = open_regular(&path, OpenOptions::new().append(true)) {
+pub fn vm_log_line(log_dir: &SafeDir, port: u16, text: &str) {
+    if let Ok(mut log) = log_dir.open_file(&format!("{port}.log"), Access::Append) {
         let _ = writeln!(log, "=== image-launcher {}: {text}", timestamp());
     }
 }

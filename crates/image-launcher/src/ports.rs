@@ -85,6 +85,14 @@ impl PortState {
         }
     }
 
+    /// Our VM (starting or up) is gone. A launch claimed since (its death
+    /// seen by a lookup before its watcher saw it) is left alone.
+    fn vm_gone(&mut self) {
+        if matches!(self.phase, Phase::Starting { .. } | Phase::Up) {
+            self.phase = Phase::Idle;
+        }
+    }
+
     /// True while this launcher has a start of its own in progress.
     fn starting_here(&self) -> bool {
         matches!(self.phase, Phase::Launching | Phase::Starting { .. })
@@ -95,8 +103,8 @@ impl PortState {
     }
 
     /// Records a failed start and returns the pause before the next one.
+    /// The phase is the caller's business.
     fn fail(&mut self, now: Instant) -> Duration {
-        self.phase = Phase::Idle;
         self.failures = self.failures.saturating_add(1);
         let exponent = (self.failures - 1).min(16);
         let pause = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_MAX);
@@ -215,6 +223,7 @@ impl PortTable {
     pub fn stopped_hung(&self, port: u16) -> Duration {
         self.change(port, |s| {
             s.hung_stops += 1;
+            s.vm_gone();
             s.fail(Instant::now())
         })
     }
@@ -245,18 +254,28 @@ impl PortTable {
 
     /// The launch job could not start a VM; returns the backoff.
     pub fn launch_failed(&self, port: u16) -> Duration {
-        self.change(port, |s| s.fail(Instant::now()))
+        self.change(port, |s| {
+            s.phase = Phase::Idle;
+            s.fail(Instant::now())
+        })
     }
 
     /// Our VM listens.
     pub fn listened(&self, port: u16) {
-        self.change(port, |s| s.phase = Phase::Up);
+        self.change(port, |s| {
+            if matches!(s.phase, Phase::Starting { .. }) {
+                s.phase = Phase::Up;
+            }
+        });
     }
 
     /// Our VM failed its start (exited before listening or before the
     /// minimum uptime, or never listened); returns the backoff.
     pub fn start_failed(&self, port: u16) -> Duration {
-        self.change(port, |s| s.fail(Instant::now()))
+        self.change(port, |s| {
+            s.vm_gone();
+            s.fail(Instant::now())
+        })
     }
 
     /// Our VM has run the minimum uptime: the port's backoff is over.
@@ -269,7 +288,7 @@ impl PortTable {
 
     /// Our VM exited after a good start.
     pub fn exited(&self, port: u16) {
-        self.change(port, |s| s.phase = Phase::Idle);
+        self.change(port, PortState::vm_gone);
     }
 
     /// True while a launch job runs for `port` (its pid record may not be
@@ -351,6 +370,20 @@ mod tests {
         assert!(!table.vm_expected(7, TIMEOUT));
         table.exited(7);
         assert_eq!(table.claim_launch(7, TIMEOUT, None), Claim::Granted);
+    }
+
+    #[test]
+    fn a_launch_claimed_after_a_death_is_not_undone_by_the_dead_vms_watcher() {
+        let table = PortTable::default();
+        assert_eq!(table.claim_launch(7, TIMEOUT, None), Claim::Granted);
+        table.launched(7);
+        table.listened(7);
+        // The VM dies; a lookup sees it first and claims a new launch; then
+        // the old VM's watcher reports its exit.
+        assert_eq!(table.claim_launch(7, TIMEOUT, None), Claim::Granted);
+        table.exited(7);
+        assert!(table.is_launching(7), "the new launch was forgotten");
+        assert_eq!(table.claim_launch(7, TIMEOUT, None), Claim::UnderWay);
     }
 
     #[test]

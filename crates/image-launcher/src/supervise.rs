@@ -13,7 +13,7 @@
 //! and reaps it, so a launcher that lives for months leaves no zombies.
 
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rewritemap::throttle::{Throttle, held_back_note};
-use vmpool::files::open_regular;
+use vmpool::safedir::Access;
 use vmpool::{
     Found, Launch, Liveness, PidRecord, PortLock, Prober, Stopped, kill_if_ours, spawn_detached,
 };
@@ -70,7 +70,16 @@ impl Shared {
     /// The shared state; `table`'s changes wake the writer.
     pub fn new(config: Config, table: PortTable) -> Shared {
         Shared {
-            exits: Exits::new(config.pid_dir.clone(), config.log_dir.clone()),
+            exits: Exits::new(
+                config
+                    .pid_dir
+                    .try_clone()
+                    .expect("a second handle on the pid directory"),
+                config
+                    .log_dir
+                    .try_clone()
+                    .expect("a second handle on the log directory"),
+            ),
             config,
             table,
             draining: Draining::default(),
@@ -182,7 +191,7 @@ fn launch(shared: &Shared, port: u16) -> Outcome {
         }
         Found::Down => {}
     }
-    match PidRecord::read(&config.pid_dir, port) {
+    match PidRecord::read_in(&config.pid_dir, port) {
         Ok(Some(record)) => {
             if let Err(not_now) = retire(config, &mut prober, port, &record) {
                 return not_now;
@@ -200,7 +209,8 @@ fn launch(shared: &Shared, port: u16) -> Outcome {
             return Outcome::Failed(format!("cannot start {}: {e}", config.program.display()));
         }
     };
-    let recorded = PidRecord::of_process(child.id()).and_then(|r| r.write(&config.pid_dir, port));
+    let recorded =
+        PidRecord::of_process(child.id()).and_then(|r| r.write_in(&config.pid_dir, port));
     if let Err(e) = recorded {
         // A VM without a record could never be told from a stranger later.
         let _ = child.kill();
@@ -301,8 +311,9 @@ fn retire(
 }
 
 fn spawn_vm(config: &Config, port: u16) -> io::Result<Child> {
-    let path = config.log_dir.join(format!("{port}.log"));
-    let log = open_regular(&path, OpenOptions::new().append(true).create(true))?;
+    let log = config
+        .log_dir
+        .open_file(&format!("{port}.log"), Access::Append)?;
     // A separator between runs, for a person reading the log.
     vm_log_line(
         &config.log_dir,
@@ -445,7 +456,7 @@ pub fn stop_hung(shared: &Arc<Shared>, port: u16) {
     let spawned = rewritemap::signals::spawn_background(format!("stop-{port}"), move || {
         let config = &shared.config;
         let _lock = PortLock::acquire(&config.pid_dir, port, LOCK_WAIT);
-        let record = match PidRecord::read(&config.pid_dir, port) {
+        let record = match PidRecord::read_in(&config.pid_dir, port) {
             Ok(Some(record)) => record,
             Ok(None) => {
                 tracing::warn!(

@@ -252,12 +252,12 @@ impl Writer {
         let config = &shared.config;
         let balance_path = config.balance.clone().unwrap_or_default();
         let balance = ReloadingMap::new(balance_path.clone());
-        let watch = DirWatch::new(&balance_path, &config.pid_dir)
+        let watch = DirWatch::new(&balance_path, config.pid_dir.path())
             .inspect_err(|e| {
                 tracing::warn!(
                     "live map: cannot watch {} and {} ({e}); changes are seen by the periodic check alone",
                     balance_path.display(),
-                    config.pid_dir.display()
+                    config.pid_dir.path().display()
                 )
             })
             .ok();
@@ -526,7 +526,7 @@ impl Writer {
         self.records_read_at = Some(Instant::now());
         let config = &self.shared.config;
         for &port in config.ports.ports() {
-            let record = match PidRecord::read(&config.pid_dir, port) {
+            let record = match PidRecord::read_in(&config.pid_dir, port) {
                 Ok(Some(record)) => record,
                 Ok(None) | Err(_) => {
                     self.exits.remove(&port);

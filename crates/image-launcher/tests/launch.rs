@@ -462,12 +462,51 @@ fn a_vm_user_with_group_0_is_refused() {
 #[test]
 fn an_unsafe_pid_dir_is_refused() {
     let mut pool = Pool::new(1);
-    fs::set_permissions(pool.pid_dir(), fs::Permissions::from_mode(0o777)).expect("chmod");
-    let l = pool.launcher(&[], &[]);
+    // World-writable, sticky or not: any user could plant a lock or a
+    // symlinked record.
+    for mode in [0o777, 0o1777] {
+        fs::set_permissions(pool.pid_dir(), fs::Permissions::from_mode(mode)).expect("chmod");
+        let l = pool.launcher(&[], &[]);
+        let status = pool.launchers[l].wait_exit(BOUND).expect("wait");
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "mode {mode:o}");
+        assert!(
+            pool.launchers[l].wait_stderr("writable by others", BOUND),
+            "{}",
+            pool.stderr(l)
+        );
+    }
+}
+
+#[test]
+fn a_pid_dir_under_a_directory_of_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to give a directory to nobody");
+        return;
+    }
+    let mut pool = Pool::new(1);
+    // nobody owns the directory above the pid directory: it could rename
+    // the pid directory away and put its own in its place.
+    let theirs = pool.dir.path().join("theirs");
+    fs::create_dir_all(theirs.join("pid")).expect("mkdir");
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+    let mut args = pool.args(&[]);
+    let at = args
+        .iter()
+        .position(|a| a == "--pid-dir")
+        .expect("--pid-dir")
+        + 1;
+    args[at] = theirs.join("pid").into();
+    args.extend([
+        "--".into(),
+        pool.demo_vm().into(),
+        "--port".into(),
+        "{port}".into(),
+    ]);
+    let l = pool.launcher_with(args);
     let status = pool.launchers[l].wait_exit(BOUND).expect("wait");
     assert_eq!(status.and_then(|s| s.code()), Some(2));
     assert!(
-        pool.launchers[l].wait_stderr("world-writable", BOUND),
+        pool.launchers[l].wait_stderr(&format!("refusing {}", theirs.display()), BOUND),
         "{}",
         pool.stderr(l)
     );

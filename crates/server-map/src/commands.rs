@@ -156,11 +156,7 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
-    let whole = |message: String| Diagnostic {
-        line: None,
-        severity: Severity::Error,
-        message,
-    };
+    let whole = |message: String| Diagnostic::new(None, Severity::Error, "cannot be read", message);
     let (bytes, _) = read_settled(path).map_err(|e| vec![whole(e.to_string())])?;
     let map = MapFile::parse(&bytes).map_err(|rejected| rejected.0)?;
     Ok(Loaded { bytes, map })

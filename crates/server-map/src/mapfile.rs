@@ -79,22 +79,46 @@ pub struct Diagnostic {
     pub line: Option<usize>,
     /// How serious it is.
     pub severity: Severity,
-    /// What is wrong and what it does.
+    /// What is wrong, in a few words that quote nothing from the file: what
+    /// a log that more people read than the file may say.
+    pub brief: &'static str,
+    /// What is wrong and what it does, quoting the file where that helps.
     pub message: String,
 }
 
 impl Diagnostic {
-    fn new(line: Option<usize>, severity: Severity, message: String) -> Self {
+    /// A finding; `brief` must quote nothing from the file.
+    pub fn new(
+        line: Option<usize>,
+        severity: Severity,
+        brief: &'static str,
+        message: String,
+    ) -> Self {
         Diagnostic {
             line,
             severity,
+            brief,
             message,
         }
     }
 
     /// `FILE:LINE: severity: message`, the shape editors and people know.
     pub fn display_in<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
-        DiagnosticIn { file, diag: self }
+        DiagnosticIn {
+            file,
+            diag: self,
+            brief: false,
+        }
+    }
+
+    /// `FILE:LINE: severity: brief`: the same without a word of the file's
+    /// content, for the ErrorLog.
+    pub fn brief_in<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
+        DiagnosticIn {
+            file,
+            diag: self,
+            brief: true,
+        }
     }
 }
 
@@ -110,6 +134,7 @@ impl fmt::Display for Diagnostic {
 struct DiagnosticIn<'a> {
     file: &'a str,
     diag: &'a Diagnostic,
+    brief: bool,
 }
 
 impl fmt::Display for DiagnosticIn<'_> {
@@ -117,8 +142,10 @@ impl fmt::Display for DiagnosticIn<'_> {
         let Diagnostic {
             line,
             severity,
+            brief,
             message,
         } = self.diag;
+        let message: &str = if self.brief { brief } else { message };
         match line {
             Some(line) => write!(f, "{}:{line}: {severity}: {message}", self.file),
             None => write!(f, "{}: {severity}: {message}", self.file),
@@ -144,9 +171,34 @@ impl Rejected {
     }
 }
 
+impl Rejected {
+    /// The reasons in their brief form, quoting nothing from the file.
+    pub fn briefly(&self) -> impl fmt::Display + '_ {
+        RejectedShown {
+            rejected: self,
+            brief: true,
+        }
+    }
+}
+
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, diag) in self.0.iter().enumerate() {
+        RejectedShown {
+            rejected: self,
+            brief: false,
+        }
+        .fmt(f)
+    }
+}
+
+struct RejectedShown<'a> {
+    rejected: &'a Rejected,
+    brief: bool,
+}
+
+impl fmt::Display for RejectedShown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diag) in self.rejected.0.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
@@ -156,7 +208,11 @@ impl fmt::Display for Rejected {
             if diag.severity == Severity::Warning {
                 f.write_str("warning: ")?;
             }
-            f.write_str(&diag.message)?;
+            f.write_str(if self.brief {
+                diag.brief
+            } else {
+                &diag.message
+            })?;
         }
         Ok(())
     }
@@ -244,13 +300,15 @@ impl MapFile {
             }
             map.read_line(i + 1, line);
             if last {
-                map.warn(i + 1, "no newline at end of file".to_owned());
+                let brief = "no newline at end of file";
+                map.warn(i + 1, brief, brief.to_owned());
             }
         }
         if map.entries.is_empty() {
             let mut why = vec![Diagnostic::new(
                 None,
                 Severity::Error,
+                NO_ENTRIES,
                 NO_ENTRIES.to_owned(),
             )];
             why.append(&mut map.diagnostics);
@@ -328,7 +386,17 @@ impl MapFile {
 
     /// `11 keys, ALL = 3001|3002|3003`, for log lines.
     pub fn summary(&self) -> String {
-        let all = self.get(ALL).map_or("(none)", Value::text);
+        // The ports of ALL, never its text as written (a summary goes to the
+        // ErrorLog).
+        let all = match (self.get(ALL), self.active_ports()) {
+            (None, _) => "(none)".to_owned(),
+            (Some(_), ports) if ports.is_empty() => "(no port)".to_owned(),
+            (Some(_), ports) => ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join("|"),
+        };
         format!("{} keys, ALL = {all}", self.len())
     }
 
@@ -336,6 +404,7 @@ impl MapFile {
         if line.len() > APACHE_MAX_LINE {
             self.error(
                 number,
+                "a line longer than Apache's reader takes",
                 format!(
                     "line is {} bytes long; Apache's own txt/rnd reader stops at \
                      {APACHE_MAX_LINE} and reads the rest as further lines \
@@ -352,6 +421,7 @@ impl MapFile {
                 if let Some(first) = rest.next().filter(|t| !t.starts_with('#')) {
                     self.warn(
                         number,
+                        "an indented entry, which Apache ignores",
                         format!(
                             "line starts with whitespace, so Apache ignores it \
                              (entry {first:?} is not used)"
@@ -365,12 +435,17 @@ impl MapFile {
         let mut parts = tokens(line);
         let Some(key) = parts.next() else { return };
         let Some(value) = parts.next() else {
-            self.warn(number, format!("key {key:?} has no value; line ignored"));
+            self.warn(
+                number,
+                "a key without a value (line ignored)",
+                format!("key {key:?} has no value; line ignored"),
+            );
             return;
         };
         if let Some(extra) = parts.next().filter(|t| !t.starts_with('#')) {
             self.warn(
                 number,
+                "text after the value (ignored)",
                 format!("text after the value of {key:?} is ignored, from {extra:?}"),
             );
         }
@@ -378,6 +453,7 @@ impl MapFile {
             let first_line = self.entries[first].1.line;
             self.error(
                 number,
+                "a duplicate key (the first line wins)",
                 format!(
                     "duplicate key {key:?} (lines {first_line} and {number}): \
                      line {first_line} wins, as in Apache"
@@ -400,6 +476,7 @@ impl MapFile {
                 found.push(Diagnostic::new(
                     line,
                     Severity::Error,
+                    "an empty alternative (answers NULL when picked)",
                     format!(
                         "{key} = {:?} has an empty alternative: when it is picked \
                          the map answers NULL",
@@ -413,6 +490,7 @@ impl MapFile {
                     found.push(Diagnostic::new(
                         line,
                         Severity::Error,
+                        "a number that is not a port",
                         format!("{key}: {part:?} is not a port (1 to 65535, no leading zero)"),
                     ));
                 }
@@ -424,6 +502,7 @@ impl MapFile {
                 found.push(Diagnostic::new(
                     line,
                     Severity::Warning,
+                    "an appNNNN key mapping to another port",
                     format!(
                         "{key} maps to port {port}; the VM there sets its cookie to \
                          server=app{port}"
@@ -440,6 +519,7 @@ impl MapFile {
             self.diagnostics.push(Diagnostic::new(
                 None,
                 Severity::Warning,
+                "no ALL entry",
                 "no ALL entry: ${SERVERS:ALL} answers NULL".to_owned(),
             ));
             return;
@@ -452,6 +532,7 @@ impl MapFile {
                     found.push(Diagnostic::new(
                         line,
                         Severity::Error,
+                        "ALL lists something that is not a port",
                         format!("ALL lists {part:?}, which is not a port"),
                     ));
                 }
@@ -460,6 +541,7 @@ impl MapFile {
                     found.push(Diagnostic::new(
                         line,
                         Severity::Error,
+                        "ALL lists a port no key maps to",
                         format!(
                             "ALL lists port {port}, which no key maps to: a session \
                              started there (cookie server=app{port}) cannot find its \
@@ -473,29 +555,38 @@ impl MapFile {
         self.diagnostics.extend(found);
     }
 
-    fn warn(&mut self, line: usize, message: String) {
-        self.diagnostics
-            .push(Diagnostic::new(Some(line), Severity::Warning, message));
+    fn warn(&mut self, line: usize, brief: &'static str, message: String) {
+        self.diagnostics.push(Diagnostic::new(
+            Some(line),
+            Severity::Warning,
+            brief,
+            message,
+        ));
     }
 
-    fn error(&mut self, line: usize, message: String) {
+    fn error(&mut self, line: usize, brief: &'static str, message: String) {
         self.diagnostics
-            .push(Diagnostic::new(Some(line), Severity::Error, message));
+            .push(Diagnostic::new(Some(line), Severity::Error, brief, message));
     }
 }
 
 /// The checks on the file as a whole: not empty, not too large, no NUL,
 /// valid UTF-8 (each bad line is named).
 fn whole_file(bytes: &[u8]) -> Result<&str, Rejected> {
-    let refuse = |message: String| Rejected(vec![Diagnostic::new(None, Severity::Error, message)]);
+    let refuse = |brief: &'static str, message: String| {
+        Rejected(vec![Diagnostic::new(None, Severity::Error, brief, message)])
+    };
     if bytes.is_empty() {
-        return Err(refuse("is empty".to_owned()));
+        return Err(refuse("is empty", "is empty".to_owned()));
     }
     if bytes.len() > MAX_FILE {
-        return Err(refuse(format!(
-            "is {} bytes; a map file may have at most {MAX_FILE}",
-            bytes.len()
-        )));
+        return Err(refuse(
+            "is larger than a map file may be",
+            format!(
+                "is {} bytes; a map file may have at most {MAX_FILE}",
+                bytes.len()
+            ),
+        ));
     }
     if let Ok(text) = std::str::from_utf8(bytes)
         && !text.contains('\0')
@@ -509,12 +600,14 @@ fn whole_file(bytes: &[u8]) -> Result<&str, Rejected> {
             found.push(Diagnostic::new(
                 line_no,
                 Severity::Error,
+                "holds a NUL byte",
                 "holds a NUL byte".to_owned(),
             ));
         } else if std::str::from_utf8(line).is_err() {
             found.push(Diagnostic::new(
                 line_no,
                 Severity::Error,
+                "is not valid UTF-8",
                 "is not valid UTF-8".to_owned(),
             ));
         }

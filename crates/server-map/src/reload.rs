@@ -97,6 +97,9 @@ pub enum ReadError {
     TooLarge(u64),
     /// It changed during each of [`ATTEMPTS`] reads.
     KeptChanging,
+    /// Not a file to trust: not owned by root or us, not readable by
+    /// others, or in a directory someone else could change (the why).
+    Untrusted(String),
 }
 
 impl fmt::Display for ReadError {
@@ -110,6 +113,7 @@ impl fmt::Display for ReadError {
             ReadError::KeptChanging => {
                 write!(f, "kept changing while being read ({ATTEMPTS} attempts)")
             }
+            ReadError::Untrusted(why) => write!(f, "is not read: {why}"),
         }
     }
 }
@@ -147,6 +151,7 @@ fn read_once(path: &Path) -> Result<Option<(Vec<u8>, Fingerprint)>, ReadError> {
     if !before.is_file() {
         return Err(ReadError::NotRegular);
     }
+    trusted_source(path, &before)?;
     if before.len() > MAX_FILE as u64 {
         return Err(ReadError::TooLarge(before.len()));
     }
@@ -166,6 +171,33 @@ fn read_once(path: &Path) -> Result<Option<(Vec<u8>, Fingerprint)>, ReadError> {
         }
     }
     Ok(Some((bytes, after)))
+}
+
+/// The rule for a map file that root may read (the launcher reads
+/// balance.conf as root): it is owned by root or by us; it is readable by
+/// others (routing data is no secret, so a symlink to a secret such as
+/// /etc/shadow is refused before a byte is read); and the directories of its
+/// real path pass the rule of `vmpool::safedir::SafeDir` (owned by root or
+/// us, not writable by others), so no one else can swap it.
+fn trusted_source(path: &Path, meta: &Metadata) -> Result<(), ReadError> {
+    if !vmpool::files::trusted_owner(meta.uid()) {
+        return Err(ReadError::Untrusted(format!(
+            "it is owned by uid {}, neither root nor the reader",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o004 == 0 {
+        return Err(ReadError::Untrusted(
+            "it is not readable by others: a map file holds nothing secret (chmod 644 it)".into(),
+        ));
+    }
+    let real = fs::canonicalize(path)?;
+    if let Some(dir) = real.parent()
+        && let Err(e) = vmpool::safedir::SafeDir::open(dir)
+    {
+        return Err(ReadError::Untrusted(format!("its directory: {e}")));
+    }
+    Ok(())
 }
 
 fn read_capped(file: &mut File, size: u64) -> io::Result<Vec<u8>> {
@@ -364,7 +396,13 @@ impl ReloadingMap {
                 true
             }
             Err(rejected) => {
-                tracing::error!("{}: refused: {rejected}; {}", self.name, self.kept());
+                tracing::error!(
+                    "{}: refused: {} (server-map check {} says more); {}",
+                    self.name,
+                    rejected.briefly(),
+                    self.name,
+                    self.kept()
+                );
                 false
             }
         };
@@ -379,10 +417,13 @@ impl ReloadingMap {
         };
         tracing::info!("{verb} {}: {}", self.name, map.summary());
         self.loads += 1;
+        // By line number only, never with the file's content (the
+        // ErrorLog is read by more people than the file).
         for diag in map.diagnostics() {
+            let shown = diag.brief_in(&self.name);
             match diag.severity {
-                Severity::Error => tracing::error!("{}", diag.display_in(&self.name)),
-                Severity::Warning => tracing::warn!("{}", diag.display_in(&self.name)),
+                Severity::Error => tracing::error!("{shown}"),
+                Severity::Warning => tracing::warn!("{shown}"),
             }
         }
         self.map = map;

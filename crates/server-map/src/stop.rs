@@ -16,7 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use vmpool::{PidRecord, PortSpec, Stopped, files, kill_if_ours, parse_port};
+use vmpool::safedir::SafeDir;
+use vmpool::{PidRecord, PortSpec, Stopped, kill_if_ours, parse_port};
 
 use crate::commands::plural;
 
@@ -47,8 +48,9 @@ struct Outcome {
 pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
     // A record names the process root will signal: only a directory that
     // no one else can write in is trusted.
-    let dir = files::checked_dir(&args.pid_dir)
+    let held = SafeDir::open(&args.pid_dir)
         .with_context(|| format!("--pid-dir {}", args.pid_dir.display()))?;
+    let dir = held.path().to_path_buf();
     let ports = match &args.ports {
         Some(spec) => spec.ports().to_vec(),
         None => recorded_ports(&dir)?,
@@ -56,7 +58,7 @@ pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     let mut records = Vec::new();
     for port in ports {
-        match PidRecord::read(&dir, port) {
+        match PidRecord::read_in(&held, port) {
             Ok(Some(record)) => records.push((port, record)),
             Ok(None) => {}
             Err(e) => {
@@ -68,7 +70,7 @@ pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let outcomes = stop_all(&dir, records, Duration::from_secs(args.grace_s));
+    let outcomes = stop_all(&held, records, Duration::from_secs(args.grace_s));
     let mut counts = [0usize; 4];
     for outcome in &outcomes {
         let Outcome {
@@ -151,7 +153,7 @@ fn recorded_ports(dir: &Path) -> anyhow::Result<Vec<u16>> {
 /// Stops every recorded process at once (one thread each), so that the
 /// grace periods run side by side: the whole pool takes one grace period,
 /// not one per VM.
-fn stop_all(dir: &Path, records: Vec<(u16, PidRecord)>, grace: Duration) -> Vec<Outcome> {
+fn stop_all(dir: &SafeDir, records: Vec<(u16, PidRecord)>, grace: Duration) -> Vec<Outcome> {
     thread::scope(|scope| {
         let running: Vec<_> = records
             .iter()

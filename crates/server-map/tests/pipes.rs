@@ -136,7 +136,7 @@ fn nothing_but_answers_on_stdout() {
     assert_eq!(ask(&mut map, "app3001"), "3001");
     assert_eq!(ask(&mut map, "nope"), "NULL");
     assert!(
-        map.wait_stderr("duplicate key", ANSWER_WITHIN),
+        map.wait_stderr("a duplicate key", ANSWER_WITHIN),
         "{}",
         map.stderr()
     );

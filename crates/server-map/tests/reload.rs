@@ -437,3 +437,29 @@ fn a_file_cut_mid_line_is_not_served_until_it_is_whole_or_settled() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_balance_file_that_others_cannot_read_or_a_symlink_to_a_secret_leaks_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A "secret" in the shape of a map file, readable by root only.
+    let secret = dir.path().join("shadow");
+    std::fs::write(&secret, "root hunter2\napp3001 3001\nALL 3001\n").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.path().join("balance.conf");
+    std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server-map"))
+        .arg(&link)
+        .args(["root", "app3001", "ALL"])
+        .env_clear()
+        .output()
+        .expect("run server-map");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "NULL\nNULL\nNULL\n", "{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not readable by others"), "{stderr}");
+}

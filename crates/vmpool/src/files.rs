@@ -1,14 +1,12 @@
-//! Directories and files the launcher writes as root: checked before use,
-//! never opened through a symlink, never a FIFO or device in disguise.
+//! Files root writes or reads by path, outside a held directory: never
+//! opened through a symlink, never a FIFO or device in disguise, never
+//! created over an existing file. Files in the pid and log directories go
+//! through [`SafeDir`] instead, which holds the directory open.
 //!
-//! A pid directory that someone else can write is a way to make root signal
-//! the wrong process; a log file swapped for a symlink is a way to make root
-//! append to `/etc/shadow`. So: a directory must be owned by root or by us
-//! and must not be world-writable without the sticky bit; files in it are
-//! opened with `O_NOFOLLOW` (and `O_NONBLOCK`, so a planted FIFO cannot make
-//! the open hang), must be regular files with no other hard link, and are
-//! trusted only when owned by root or by us. A directory writable by a
-//! group other than root's or ours is refused too.
+//! A log file swapped for a symlink is a way to make root append to
+//! `/etc/shadow`. So: files are opened with `O_NOFOLLOW` (and `O_NONBLOCK`,
+//! so a planted FIFO cannot make the open hang), must be regular files with
+//! no other hard link, and are trusted only when owned by root or by us.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -16,43 +14,14 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::unistd::geteuid;
 
-/// Checks that `dir` is a directory fit for pid, lock or log files and
-/// returns its canonical path (so `/var/run` -> `/run` is resolved once, at
-/// start, and never again).
+use crate::safedir::SafeDir;
+pub use crate::safedir::trusted_owner;
+
+/// Checks that `dir` is a directory fit for files root writes (the rule of
+/// [`SafeDir`]) and returns its real path.
 pub fn checked_dir(dir: &Path) -> io::Result<PathBuf> {
-    let canonical = fs::canonicalize(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    let meta = fs::metadata(&canonical)?;
-    if !meta.is_dir() {
-        return Err(refused(&canonical, "is not a directory"));
-    }
-    if !trusted_owner(meta.uid()) {
-        return Err(refused(
-            &canonical,
-            &format!("is owned by uid {}, neither root nor us", meta.uid()),
-        ));
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-        return Err(refused(
-            &canonical,
-            "is world-writable without the sticky bit",
-        ));
-    }
-    // The members of a group that can write here could unlink a held lock
-    // file or swap a record: only root's group, or ours.
-    if mode & 0o020 != 0 && mode & 0o1000 == 0 && !trusted_group(meta.gid()) {
-        return Err(refused(
-            &canonical,
-            &format!(
-                "is writable by group {}, neither root's nor ours",
-                meta.gid()
-            ),
-        ));
-    }
-    Ok(canonical)
+    Ok(SafeDir::open(dir)?.path().to_path_buf())
 }
 
 fn refused(path: &Path, why: &str) -> io::Error {
@@ -60,16 +29,6 @@ fn refused(path: &Path, why: &str) -> io::Error {
         io::ErrorKind::PermissionDenied,
         format!("refusing {}: it {why}", path.display()),
     )
-}
-
-/// True for root's group and for the group we run as.
-fn trusted_group(gid: u32) -> bool {
-    gid == 0 || gid == nix::unistd::getegid().as_raw()
-}
-
-/// True for root and for the user we run as.
-pub fn trusted_owner(uid: u32) -> bool {
-    uid == 0 || uid == geteuid().as_raw()
 }
 
 /// Creates `path` (which must not exist; never through a symlink) with
@@ -129,36 +88,6 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
-    fn a_private_dir_is_accepted_and_a_world_writable_one_is_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        assert!(checked_dir(dir.path()).is_ok());
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
-        let err = checked_dir(dir.path()).expect_err("world-writable");
-        assert!(err.to_string().contains("sticky"), "{err}");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).expect("chmod");
-        assert!(checked_dir(dir.path()).is_ok(), "sticky like /tmp is fine");
-    }
-
-    #[test]
-    fn a_dir_writable_by_a_foreign_group_is_refused() {
-        if !geteuid().is_root() {
-            return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o775)).expect("chmod");
-        nix::unistd::chown(dir.path(), None, Some(nix::unistd::Gid::from_raw(65534)))
-            .expect("chown");
-        let err = checked_dir(dir.path()).expect_err("group-writable");
-        assert!(err.to_string().contains("writable by group 65534"), "{err}");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
-        assert!(
-            checked_dir(dir.path()).is_ok(),
-            "a group that cannot write is fine"
-        );
-    }
-
-    #[test]
     fn a_file_with_another_hard_link_is_not_opened() {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("shadow");
@@ -167,18 +96,6 @@ mod tests {
         fs::hard_link(&target, &link).expect("link");
         let err = open_regular(&link, OpenOptions::new().append(true)).expect_err("hard link");
         assert!(err.to_string().contains("hard links"), "{err}");
-    }
-
-    #[test]
-    fn a_dir_owned_by_another_user_is_refused() {
-        if !geteuid().is_root() {
-            return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        nix::unistd::chown(dir.path(), Some(nix::unistd::Uid::from_raw(65534)), None)
-            .expect("chown");
-        let err = checked_dir(dir.path()).expect_err("owned by nobody");
-        assert!(err.to_string().contains("uid 65534"), "{err}");
     }
 
     #[test]

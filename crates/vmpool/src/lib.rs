@@ -23,6 +23,7 @@ pub mod pidfd;
 pub mod pidrecord;
 pub mod ports;
 pub mod probe;
+pub mod safedir;
 pub mod spawn;
 pub mod state;
 pub mod stopmark;

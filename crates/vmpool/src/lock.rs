@@ -7,13 +7,13 @@
 //! close-on-exec and a VM never inherits it. Lock first, then look at the
 //! pid record and act: never check-then-create.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::files;
+use crate::safedir::{Access, SafeDir};
 
 /// A held lock on one port; released on drop.
 #[derive(Debug)]
@@ -28,15 +28,8 @@ impl PortLock {
     }
 
     /// Takes the lock if it is free; `Ok(None)` if someone else holds it.
-    pub fn try_acquire(dir: &Path, port: u16) -> io::Result<Option<PortLock>> {
-        let file = files::open_regular(
-            &Self::path(dir, port),
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false),
-        )?;
+    pub fn try_acquire(dir: &SafeDir, port: u16) -> io::Result<Option<PortLock>> {
+        let file = dir.open_file(&format!("{port}.lock"), Access::Lock)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(PortLock { file })),
             Err(TryLockError::WouldBlock) => Ok(None),
@@ -45,7 +38,7 @@ impl PortLock {
     }
 
     /// Takes the lock, waiting at most `timeout` for its holder to let go.
-    pub fn acquire(dir: &Path, port: u16, timeout: Duration) -> io::Result<Option<PortLock>> {
+    pub fn acquire(dir: &SafeDir, port: u16, timeout: Duration) -> io::Result<Option<PortLock>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(lock) = Self::try_acquire(dir, port)? {
@@ -71,27 +64,17 @@ mod tests {
 
     #[test]
     fn a_port_lock_is_exclusive_until_dropped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let held = PortLock::try_acquire(dir.path(), 3001)
+        let top = tempfile::tempdir().expect("tempdir");
+        let dir = SafeDir::open(top.path()).expect("dir");
+        let dir = &dir;
+        let held = PortLock::try_acquire(dir, 3001)
             .expect("lock")
             .expect("free");
-        assert!(
-            PortLock::try_acquire(dir.path(), 3001)
-                .expect("lock")
-                .is_none()
-        );
-        assert!(
-            PortLock::try_acquire(dir.path(), 3002)
-                .expect("lock")
-                .is_some()
-        );
-        let waited = PortLock::acquire(dir.path(), 3001, Duration::from_millis(20)).expect("lock");
+        assert!(PortLock::try_acquire(dir, 3001).expect("lock").is_none());
+        assert!(PortLock::try_acquire(dir, 3002).expect("lock").is_some());
+        let waited = PortLock::acquire(dir, 3001, Duration::from_millis(20)).expect("lock");
         assert!(waited.is_none());
         drop(held);
-        assert!(
-            PortLock::try_acquire(dir.path(), 3001)
-                .expect("lock")
-                .is_some()
-        );
+        assert!(PortLock::try_acquire(dir, 3001).expect("lock").is_some());
     }
 }

@@ -14,14 +14,13 @@
 //! 6a1d2f0e-...                           <- /proc/sys/kernel/random/boot_id
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::files;
+use crate::safedir::{Access, SafeDir};
 
 /// What `/proc/PID/stat` says about a process (the fields we use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,11 +176,18 @@ impl PidRecord {
         dir.join(format!("{port}.pid"))
     }
 
+    /// Reads the record for `port` in the directory at `dir` (checked, see
+    /// [`SafeDir`]); `Ok(None)` if there is none. For tools and tests: the
+    /// launcher holds its directory open ([`PidRecord::read_in`]).
+    pub fn read(dir: &Path, port: u16) -> io::Result<Option<PidRecord>> {
+        Self::read_in(&SafeDir::open(dir)?, port)
+    }
+
     /// Reads the record for `port`; `Ok(None)` if there is none. A record
     /// that cannot be parsed is an error (and is never acted upon).
-    pub fn read(dir: &Path, port: u16) -> io::Result<Option<PidRecord>> {
-        let path = Self::path(dir, port);
-        let mut file = match files::open_regular(&path, OpenOptions::new().read(true)) {
+    pub fn read_in(dir: &SafeDir, port: u16) -> io::Result<Option<PidRecord>> {
+        let path = Self::path(dir.path(), port);
+        let mut file = match dir.open_file(&format!("{port}.pid"), Access::Read) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -207,28 +213,17 @@ impl PidRecord {
         })
     }
 
+    /// [`PidRecord::write_in`] the directory at `dir` (checked), for tools
+    /// and tests.
+    pub fn write(&self, dir: &Path, port: u16) -> io::Result<()> {
+        self.write_in(&SafeDir::open(dir)?, port)
+    }
+
     /// Writes the record for `port` atomically: a reader sees the old record
     /// or the new one, never half of one.
-    pub fn write(&self, dir: &Path, port: u16) -> io::Result<()> {
-        let temp = dir.join(format!(".{port}.pid.{}.tmp", std::process::id()));
-        // A leftover from a launcher that died mid-write (same pid, other
-        // boot): unlink never follows a symlink.
-        let _ = fs::remove_file(&temp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&temp)?;
+    pub fn write_in(&self, dir: &SafeDir, port: u16) -> io::Result<()> {
         let text = format!("{}\n{}\n{}\n", self.pid, self.start_ticks, self.boot_id);
-        let written = file.write_all(text.as_bytes()).and_then(|()| {
-            drop(file);
-            fs::rename(&temp, Self::path(dir, port))
-        });
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        written
+        dir.replace(&format!("{port}.pid"), text.as_bytes(), 0o644)
     }
 
     /// Checks the recorded process against `/proc`.
