@@ -77,6 +77,8 @@ pub struct Options {
     pub classic: bool,
     /// More image-launcher flags (`SEASIDE_LAUNCHER_OPTIONS`).
     pub launcher_options: String,
+    /// Apache sets the route cookie (`SEASIDE_SET_ROUTE_COOKIE`).
+    pub route_cookie: bool,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             start_timeout_ms: 10_000,
             classic: false,
             launcher_options: "--hang-timeout-s 60".into(),
+            route_cookie: false,
         }
     }
 }
@@ -148,6 +151,9 @@ impl Stack {
             .args(["--launcher-options", &options.launcher_options]);
         if options.classic {
             init.arg("--classic");
+        }
+        if options.route_cookie {
+            init.arg("--set-route-cookie");
         }
         let init = init.output().expect("run scripts/private-apache init");
         assert!(
