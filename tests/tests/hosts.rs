@@ -4,7 +4,9 @@
 //! shipped `haproxy-conf/haproxy.cfg` in another; veth pairs with addresses
 //! from 198.18.0.0/15 between the front and each host, no default route:
 //! no packet leaves the namespaces. Every host is configured alike (the same
-//! VM ports, 3001-3004; set A 3001-3002, set B 3003-3004).
+//! VM ports, 3001-3004; set A 3001-3002, set B 3003-3004). Each session
+//! makes its requests on a kept-alive connection to the front, as a browser
+//! does.
 //!
 //! Needs root (namespaces), `ip` (iproute2) and `haproxy` (scripts/deps
 //! tests installs both); without them the test says SKIPPED (and fails
@@ -179,9 +181,10 @@ fn host_cookie(response: &Response) -> Option<String> {
         .map(|(_, value)| value)
 }
 
-/// A new session through the front (call inside the front's namespace).
+/// A new session through the front (call inside the front's namespace),
+/// on a kept-alive connection, as a browser makes its requests.
 fn new_session() -> Session {
-    let mut client = Client::new(front_addr());
+    let mut client = Client::keep_alive(front_addr());
     let response = client.get("/app/new").expect("new session");
     assert_eq!(response.status, 200, "a new session: {response:?}");
     let vm = response.vm().expect("a VM answered");
@@ -199,7 +202,11 @@ fn new_session() -> Session {
 impl Session {
     /// One more request, which must reach the same host, VM and session.
     fn stays(&mut self, what: &str) {
-        let response = self.client.get("/app/sticky").expect("sticky request");
+        let t = Instant::now();
+        let response = self
+            .client
+            .get("/app/sticky")
+            .unwrap_or_else(|e| panic!("{what}: no answer after {:?}: {e}: {self:?}", t.elapsed()));
         assert_eq!(response.status, 200, "{what}: {self:?}: {response:?}");
         let vm = response.vm().expect("a VM answered");
         assert_eq!(
@@ -214,19 +221,17 @@ impl Session {
     /// One more request after its host went: a new session on another host,
     /// no error; how long it took.
     fn moves(&mut self, what: &str) -> Duration {
-        let response = self.client.get("/app/sticky").expect("request");
+        let t = Instant::now();
+        let response = self
+            .client
+            .get("/app/sticky")
+            .unwrap_or_else(|e| panic!("{what}: no answer after {:?}: {e}: {self:?}", t.elapsed()));
         assert_eq!(response.status, 200, "{what}: {self:?}: {response:?}");
         let vm = response.vm().expect("a VM answered");
         let host = host_cookie(&response).expect("a new host cookie");
         assert_ne!(host, self.host, "{what}: still on its host");
         assert!(vm.new, "{what}: a new session on the new host: {vm:?}");
-        *self = Session {
-            client: self.client.clone(),
-            host,
-            port: vm.port,
-            id: vm.session,
-            hits: vm.hits,
-        };
+        (self.host, self.port, self.id, self.hits) = (host, vm.port, vm.session, vm.hits);
         response.elapsed
     }
 }
