@@ -545,11 +545,15 @@ fn sick_and_back(world: &World, sessions: &mut [Session]) {
     let retried = world.front.counter(host, "wretr") + world.front.counter(host, "wredis");
     // Its sessions' next requests: the host answers 503 (no VM), the front
     // tries again, then elsewhere: a new session, no error.
-    world.client(|| {
-        for &i in &on(sessions, host) {
-            sessions[i].moves("a session of the sick host");
-        }
+    let worst = world.client(|| {
+        on(sessions, host)
+            .into_iter()
+            .map(|i| sessions[i].moves("a session of the sick host"))
+            .max()
+            .unwrap_or_default()
     });
+    eprintln!("hosts: the sick {host}'s sessions moved to live hosts, the slowest in {worst:?}");
+    assert!(worst < Duration::from_millis(1500), "a move took {worst:?}");
     // New sessions meanwhile: no error, and none made on the sick host.
     let (attempts, down_after) = world.client(|| {
         let mut attempts = 0;
