@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the tests: one request per connection, raw
+//! A small HTTP/1.1 client for the tests: one request per connection, or a
+//! kept-alive connection as a browser keeps one ([`Connection`]); raw
 //! control over every header (two `Cookie` headers, a 10 KB cookie), a
 //! deadline on everything, and a cookie jar for sessions.
 
@@ -156,14 +157,26 @@ pub struct Client {
     addr: SocketAddr,
     /// The cookie jar.
     pub cookies: BTreeMap<String, String>,
+    /// Its kept-alive connection, if it keeps one.
+    conn: Option<Connection>,
 }
 
 impl Client {
-    /// A client without cookies.
+    /// A client without cookies, one connection per request.
     pub fn new(addr: SocketAddr) -> Client {
         Client {
             addr,
             cookies: BTreeMap::new(),
+            conn: None,
+        }
+    }
+
+    /// A client without cookies that keeps its connection open between
+    /// requests, as a browser does.
+    pub fn keep_alive(addr: SocketAddr) -> Client {
+        Client {
+            conn: Some(Connection::new(addr)),
+            ..Client::new(addr)
         }
     }
 
@@ -178,7 +191,10 @@ impl Client {
                 .collect();
             extra.push(format!("Cookie: {}", jar.join("; ")));
         }
-        let response = request(self.addr, path, &extra)?;
+        let response = match &mut self.conn {
+            Some(conn) => conn.get(path, &extra)?,
+            None => request(self.addr, path, &extra)?,
+        };
         self.cookies.extend(response.set_cookies());
         Ok(response)
     }
@@ -186,5 +202,169 @@ impl Client {
     /// The `server` cookie, if any.
     pub fn server(&self) -> Option<&str> {
         self.cookies.get("server").map(String::as_str)
+    }
+}
+
+/// A kept-alive connection, as a browser keeps one: requests go one after
+/// the other on the same TCP connection. A connection the server closed
+/// while it was idle is replaced before the next request (as a browser
+/// does); once a request is sent, nothing is retried: any failure is the
+/// caller's. A clone is a new connection to the same address.
+#[derive(Debug)]
+pub struct Connection {
+    addr: SocketAddr,
+    reader: Option<BufReader<TcpStream>>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Connection {
+        Connection::new(self.addr)
+    }
+}
+
+impl Connection {
+    /// Not connected yet: the first request connects.
+    pub fn new(addr: SocketAddr) -> Connection {
+        Connection { addr, reader: None }
+    }
+
+    /// GETs `path` with `extra` header lines on the kept connection.
+    pub fn get(&mut self, path: &str, extra: &[String]) -> io::Result<Response> {
+        let started = Instant::now();
+        if self.reader.as_ref().is_some_and(|r| !open(r.get_ref())) {
+            self.reader = None;
+        }
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
+            None => {
+                let stream = TcpStream::connect_timeout(&self.addr, REQUEST_TIMEOUT)?;
+                stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+                stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+                self.reader.insert(BufReader::new(stream))
+            }
+        };
+        let mut head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for line in extra {
+            head.push_str(line);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        reader.get_mut().write_all(head.as_bytes())?;
+        let (mut response, keep) = read_framed(reader);
+        if !keep {
+            self.reader = None;
+        }
+        if let Ok(response) = &mut response {
+            response.elapsed = started.elapsed();
+        }
+        response
+    }
+}
+
+/// True if the server has not closed an idle connection (nothing to read,
+/// no end of file).
+fn open(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let idle = matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_ok() && idle
+}
+
+/// Reads one response framed by Content-Length or chunked encoding (or,
+/// without either, up to the end of the connection); and whether the
+/// connection can carry another request.
+fn read_framed(reader: &mut BufReader<TcpStream>) -> (io::Result<Response>, bool) {
+    let mut status_line = String::new();
+    match reader.read_line(&mut status_line) {
+        Ok(0) => {
+            return (
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed before a response",
+                )),
+                false,
+            );
+        }
+        Err(e) => return (Err(e), false),
+        Ok(_) => {}
+    }
+    let Some(status) = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+    else {
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad status line {status_line:?}"),
+        );
+        return (Err(e), false);
+    };
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Err(e) => return (Err(e), false),
+            Ok(_) => {}
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let mut keep = header("connection").is_none_or(|v| !v.contains("close"));
+    let mut body = Vec::new();
+    let read = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        read_chunks(reader, &mut body)
+    } else if let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)
+    } else {
+        keep = false;
+        reader.read_to_end(&mut body).map(drop)
+    };
+    if let Err(e) = read {
+        return (Err(e), false);
+    }
+    let response = Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        elapsed: Duration::ZERO,
+    };
+    (Ok(response), keep)
+}
+
+fn read_chunks(reader: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> io::Result<()> {
+    loop {
+        let mut size_line = String::new();
+        reader.read_line(&mut size_line)?;
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailers, then the empty line.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf)?;
     }
 }

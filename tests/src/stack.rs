@@ -77,6 +77,21 @@ pub struct Options {
     pub classic: bool,
     /// More image-launcher flags (`SEASIDE_LAUNCHER_OPTIONS`).
     pub launcher_options: String,
+    /// Apache sets the route cookie (`SEASIDE_SET_ROUTE_COOKIE`).
+    pub route_cookie: bool,
+    /// One host of several: the stack runs in this network namespace, its
+    /// Apache on the address, port 80; its VMs on the namespace's own
+    /// loopback, ports 3001 and up (the same on every host).
+    pub host: Option<HostNet>,
+}
+
+/// Where a host of several runs (see [`Options::host`]).
+#[derive(Debug, Clone)]
+pub struct HostNet {
+    /// The namespace's full name.
+    pub netns: String,
+    /// Its address on the link to the front.
+    pub addr: std::net::Ipv4Addr,
 }
 
 impl Default for Options {
@@ -87,6 +102,8 @@ impl Default for Options {
             start_timeout_ms: 10_000,
             classic: false,
             launcher_options: "--hang-timeout-s 60".into(),
+            route_cookie: false,
+            host: None,
         }
     }
 }
@@ -104,6 +121,8 @@ pub struct Stack {
     vm_cmd: Vec<String>,
     /// How many map programs Apache runs.
     pub maps: usize,
+    /// The network namespace it runs in (a host of several).
+    netns: Option<String>,
 }
 
 /// Polls `done` every 5 ms for at most `timeout`; false on timeout.
@@ -125,9 +144,15 @@ impl Stack {
     pub fn start(options: Options) -> Stack {
         nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut all = crate::free_ports(options.ports + 1);
-        let http_port = all.pop().expect("a port for Apache");
-        let ports = all;
+        // A host in a namespace of its own has all its ports free.
+        let (ports, http_port) = match &options.host {
+            Some(_) => ((3001..).take(options.ports).collect(), 80),
+            None => {
+                let mut all = crate::free_ports(options.ports + 1);
+                let http_port = all.pop().expect("a port for Apache");
+                (all, http_port)
+            }
+        };
         let state = dir.path().to_path_buf();
         let mut vm_cmd = vec![
             state.join("bin/demo-vm").display().to_string(),
@@ -149,13 +174,27 @@ impl Stack {
         if options.classic {
             init.arg("--classic");
         }
+        if options.route_cookie {
+            init.arg("--set-route-cookie");
+        }
+        if let Some(host) = &options.host {
+            init.args(["--listen", &host.addr.to_string()]);
+        }
         let init = init.output().expect("run scripts/private-apache init");
         assert!(
             init.status.success(),
             "private-apache init failed:\n{}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let apache = Command::new(apache_bin())
+        let mut apache = match &options.host {
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &host.netns, apache_bin()]);
+                command
+            }
+            None => Command::new(apache_bin()),
+        };
+        let apache = apache
             .arg("-f")
             .arg(state.join("conf/httpd.conf"))
             .arg("-DFOREGROUND")
@@ -164,7 +203,11 @@ impl Stack {
             .stderr(Stdio::null())
             .spawn()
             .expect("start apache2");
-        let addr: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let ip = options
+            .host
+            .as_ref()
+            .map_or([127, 0, 0, 1].into(), |h| h.addr);
+        let addr: SocketAddr = (ip, http_port).into();
         let mut stack = Stack {
             dir,
             ports,
@@ -172,10 +215,17 @@ impl Stack {
             apache,
             vm_cmd,
             maps: if options.classic { 3 } else { 1 },
+            netns: options.host.as_ref().map(|h| h.netns.clone()),
         };
-        let up = wait_until(Duration::from_secs(15), || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-        });
+        let answers = || {
+            wait_until(Duration::from_secs(15), || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            })
+        };
+        let up = match &stack.netns {
+            Some(netns) => crate::netns::run_in(netns, answers),
+            None => answers(),
+        };
         assert!(up, "Apache did not start:\n{}", stack.error_log());
         // Wait for the map programs too (and the live map's first version),
         // so tests start from a steady state.

@@ -28,7 +28,7 @@ fn two_versions_published_within_one_clock_tick_are_both_seen_by_apache() {
     let one = |port| LiveMap {
         servers: vec![("app1".into(), port)],
         all: Some(vec![port]),
-        draining: Vec::new(),
+        ..LiveMap::default()
     };
     publisher.publish(&one(1111)).expect("publish");
     // One child, so that the cache the second lookup hits is the first's.

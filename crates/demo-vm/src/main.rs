@@ -10,7 +10,8 @@
 //! `port=<port> session=<id> hits=<n> new=<true|false> path=<path>`.
 //! A request without a live `session` cookie of this VM gets a new session
 //! (`Set-Cookie: session=<16 hex>`); a request whose `server` cookie is
-//! missing or names another VM gets `Set-Cookie: server=app<port>`.
+//! missing or names another VM gets `Set-Cookie: server=app<port>` (unless
+//! `--no-route-cookie`).
 //! `?sleep_ms=N` (at most 10000) delays the answer (a long honest request);
 //! `?status=NNN` gives it that status (an application's own error page).
 //! A path ending in `/health` answers `OK`, or `DYING` with a 503 once the VM
@@ -90,6 +91,11 @@ struct Args {
     /// does it at any time).
     #[arg(long, value_name = "N")]
     dying_after: Option<u64>,
+
+    /// Never set the `server` cookie: an application that knows nothing of
+    /// the pool (the site's SEASIDE_SET_ROUTE_COOKIE makes Apache set it).
+    #[arg(long)]
+    no_route_cookie: bool,
 }
 
 const HELP_BODY: &str = "\
@@ -109,6 +115,7 @@ impl Args {
             session_ttl: Duration::from_secs(self.session_ttl_s),
             never_accept: self.never_accept,
             serial: self.serial,
+            no_route_cookie: self.no_route_cookie,
         }
     }
 }

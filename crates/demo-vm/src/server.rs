@@ -43,6 +43,8 @@ pub struct Config {
     pub never_accept: bool,
     /// Serve one connection at a time, on the accepting thread.
     pub serial: bool,
+    /// Never set the `server` cookie (an application that sets none).
+    pub no_route_cookie: bool,
 }
 
 /// What every connection thread shares.
@@ -53,6 +55,8 @@ struct Vm {
     name: String,
     sessions: Sessions,
     control: &'static Control,
+    /// Sets the `server` cookie.
+    route_cookie: bool,
 }
 
 /// Runs the VM until it exits on its own (idle, simulated crash) or is killed.
@@ -79,6 +83,7 @@ pub fn run(config: &Config, control: &'static Control) -> anyhow::Result<Infalli
         name: format!("app{}", local.port()),
         sessions: Sessions::new(config.session_ttl),
         control,
+        route_cookie: !config.no_route_cookie,
     });
     let idle_exit = config.idle_exit;
     let reaper = Arc::clone(&vm);
@@ -230,7 +235,7 @@ fn exchange(
             visit.id
         )?;
     }
-    if !ours || foreign {
+    if vm.route_cookie && (!ours || foreign) {
         write!(writer, "Set-Cookie: server={}; Path=/\r\n", vm.name)?;
     }
     if !req.keep_alive {

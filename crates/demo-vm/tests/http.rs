@@ -82,6 +82,18 @@ fn a_server_cookie_naming_another_vm_is_set_again() {
 }
 
 #[test]
+fn with_no_route_cookie_it_never_sets_the_server_cookie() {
+    let vm = Vm::start(&["--no-route-cookie"]);
+    let mut conn = vm.connect();
+    let first = conn.get("/app", "");
+    let session = first.field("session").to_owned();
+    assert_eq!(first.cookie("server"), None, "{first:?}");
+    let moved = conn.get("/app", &format!("server=app99999; session={session}"));
+    assert_eq!(moved.cookie("server"), None, "{moved:?}");
+    assert_eq!(moved.field("hits"), "2", "the session goes on");
+}
+
+#[test]
 fn an_unknown_or_garbled_session_gets_a_new_one() {
     let vm = Vm::start(&[]);
     let mut conn = vm.connect();

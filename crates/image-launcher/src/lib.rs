@@ -13,7 +13,8 @@
 //! `PID_DIR/<port>.pid` (pid, start time, boot id), `PID_DIR/<port>.lock`,
 //! `LOG_DIR/<port>.log` (the VM's stdout and stderr, appended); with
 //! `--live-map FILE`, FILE (replaced by rename, mode 0644) and `FILE.lock`
-//! (held by the one launcher that writes FILE).
+//! (held by the one launcher that writes FILE); `FILE.drain`, the host's
+//! drain flag, is read (`server-map drain-host` writes it).
 //!
 //! # Failure modes
 //! A VM that exits before it listens, or does not listen within the start
@@ -29,12 +30,14 @@
 //! `supervise` starts, watches, kills and reaps VMs; `ports` is this
 //! launcher's memory of each port; [`livemap`] is the live map file, and
 //! `writer` the thread that keeps it true, with its eyes on the pool in
-//! `survey` (hung VMs: `hang`) and the VMs' drain requests in `health`.
+//! `survey` (hung VMs: `hang`) and the VMs' drain requests in `health`;
+//! `host` decides the host's health for a front (the live map's `HOST`).
 
 pub mod config;
 mod exits;
 mod hang;
 mod health;
+mod host;
 mod launcher;
 pub mod livemap;
 mod metrics;

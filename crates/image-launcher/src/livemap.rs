@@ -14,7 +14,9 @@
 //! `ALL` only when every port of the active set is up (see `writer`);
 //! `DRAINING p1|p2` names the VMs that asked to drain: they keep their lines
 //! (their sessions stay) but take no new session (Apache never looks the key
-//! up; the launcher reads it).
+//! up; the launcher reads it). `HOST up|drain|down` is the host as a whole,
+//! for a front in front of several hosts: Apache answers it on the health
+//! URL (see `vmpool::host`).
 //!
 //! # Publishing
 //! A new version is written to a temporary file in the same directory, made
@@ -51,6 +53,7 @@ use nix::sys::stat::futimens;
 use nix::sys::time::TimeSpec;
 use server_map::MapFile;
 use server_map::reload::Fingerprint;
+use vmpool::host::{HOST, HostHealth};
 
 /// The key of the line naming the VMs that asked to drain.
 pub const DRAINING: &str = "DRAINING";
@@ -65,6 +68,8 @@ pub struct LiveMap {
     pub all: Option<Vec<u16>>,
     /// VMs that asked to drain.
     pub draining: Vec<u16>,
+    /// The host as a whole (`None`: no `HOST` line).
+    pub host: Option<HostHealth>,
 }
 
 impl LiveMap {
@@ -87,6 +92,9 @@ impl LiveMap {
         if !self.draining.is_empty() {
             let _ = writeln!(text, "{DRAINING} {}", joined(&self.draining));
         }
+        if let Some(host) = self.host {
+            let _ = writeln!(text, "{HOST} {host}");
+        }
         text
     }
 
@@ -102,8 +110,8 @@ impl LiveMap {
     }
 
     /// Reads a map back as Apache would (server-map's parser, which follows
-    /// Apache's rules): the entries and ALL. A file with no entry (nothing
-    /// is up) is the empty map.
+    /// Apache's rules): the entries, ALL, DRAINING and HOST. A file with no
+    /// entry (nothing is up) is the empty map.
     pub fn parse(bytes: &[u8]) -> LiveMap {
         let Ok(map) = MapFile::parse(bytes) else {
             return LiveMap::default();
@@ -120,11 +128,12 @@ impl LiveMap {
         LiveMap {
             servers: map
                 .servers()
-                .filter(|(name, _)| *name != DRAINING)
+                .filter(|(name, _)| !is_reserved(name))
                 .map(|(n, p)| (n.to_owned(), p))
                 .collect(),
             all: ports_of(server_map::ALL),
             draining: ports_of(DRAINING).unwrap_or_default(),
+            host: map.get(HOST).and_then(|v| HostHealth::parse(v.text())),
         }
     }
 
@@ -132,6 +141,13 @@ impl LiveMap {
     pub fn ports(&self) -> BTreeSet<u16> {
         self.servers.iter().map(|&(_, port)| port).collect()
     }
+}
+
+/// True for the keys of the live map's own lines (`DRAINING`, `HOST`): a
+/// server of balance.conf with such a name never gets a line, which would
+/// shadow the map's own (Apache reads the first line of a key).
+pub fn is_reserved(name: &str) -> bool {
+    name == DRAINING || name == HOST
 }
 
 /// Writes the live map (see the module doc).
@@ -341,6 +357,7 @@ mod tests {
             servers: vec![("app3001".into(), 3001), ("app3002".into(), 3002)],
             all: Some(vec![3001, 3002]),
             draining: Vec::new(),
+            host: None,
         }
     }
 
@@ -361,10 +378,36 @@ mod tests {
         let text = draining.render();
         assert!(text.ends_with("ALL 3001\nDRAINING 3002\n"), "{text}");
         assert_eq!(LiveMap::parse(text.as_bytes()), draining);
+        for host in [HostHealth::Up, HostHealth::Drain, HostHealth::Down] {
+            let with_host = LiveMap {
+                host: Some(host),
+                ..draining.clone()
+            };
+            let text = with_host.render();
+            assert!(
+                text.ends_with(&format!("DRAINING 3002\nHOST {host}\n")),
+                "{text}"
+            );
+            assert_eq!(LiveMap::parse(text.as_bytes()), with_host);
+        }
         let nothing_up = LiveMap::default();
         let text = nothing_up.file_text(Path::new("/x"));
         assert!(!text.is_empty(), "never an empty file");
         assert_eq!(LiveMap::parse(text.as_bytes()), nothing_up);
+    }
+
+    #[test]
+    fn the_maps_own_lines_are_never_read_as_servers() {
+        let text = "app3001 3001\nHOST 3002\nDRAINING 3003\nHOST up\n";
+        let map = LiveMap::parse(text.as_bytes());
+        assert_eq!(map.servers, vec![("app3001".to_owned(), 3001)]);
+        assert_eq!(
+            map.host, None,
+            "the first HOST line is the one Apache reads"
+        );
+        let map = LiveMap::parse(b"app3001 3001\nHOST sideways\n");
+        assert_eq!(map.host, None);
+        assert!(is_reserved("HOST") && is_reserved("DRAINING") && !is_reserved("app3001"));
     }
 
     #[test]

@@ -291,6 +291,13 @@ impl PortTable {
         self.change(port, PortState::vm_gone);
     }
 
+    /// True while the port's last start failed and no VM of it has run
+    /// `--min-uptime-ms` since (backing off or not): the port cannot be
+    /// counted on to start a VM.
+    pub fn failing(&self, port: u16) -> bool {
+        self.read(port, |s| s.failures > 0)
+    }
+
     /// True while a launch job runs for `port` (its pid record may not be
     /// written yet).
     pub fn is_launching(&self, port: u16) -> bool {
@@ -348,7 +355,9 @@ mod tests {
             table.claim_launch(1, TIMEOUT, None),
             Claim::BackingOff(left) if left <= BACKOFF_FIRST
         ));
+        assert!(table.failing(1));
         table.proved(1);
+        assert!(!table.failing(1));
         assert_eq!(table.claim_launch(1, TIMEOUT, None), Claim::Granted);
         assert_eq!(
             table.launch_failed(1),

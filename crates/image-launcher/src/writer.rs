@@ -27,7 +27,9 @@
 //! when every port of the active set is up, so that while one is down new
 //! sessions still reach the launcher, which launches it on demand; the VMs
 //! that asked to drain (`health`) are left out of `ALL` and named on a
-//! `DRAINING` line. See [`crate::livemap`] for the file itself. Beside it,
+//! `DRAINING` line; `HOST up|drain|down` says whether the host as a whole
+//! can take new sessions, for a front (see `host`). See [`crate::livemap`]
+//! for the file itself. Beside it,
 //! `LIVE_MAP.json` (see `vmpool::state`) says what the map cannot: which
 //! VMs are hung and since when, which drain, launches and stops per port.
 //!
@@ -60,7 +62,8 @@ use vmpool::state::{self, PoolState};
 use vmpool::{Liveness, PidRecord, pidfd};
 
 use crate::health::{self, Targets};
-use crate::livemap::{DRAINING, LiveMap, Publisher};
+use crate::host::HostWatch;
+use crate::livemap::{LiveMap, Publisher, is_reserved};
 use crate::metrics::{Metrics, MetricsFile, PortMetrics};
 use crate::ports::Claim;
 use crate::supervise::{Shared, start_launch, stop_hung};
@@ -169,6 +172,8 @@ struct Writer {
     state: Option<PoolState>,
     /// `--metrics-file`.
     metrics: Option<MetricsFile>,
+    /// The host's health, for a front.
+    host: HostWatch,
     wakeups: Wakeups,
     watch: Option<DirWatch>,
     /// A pidfd per recorded VM that runs, and the record it was opened for.
@@ -263,6 +268,7 @@ impl Writer {
             .ok();
         Writer {
             publisher: Publisher::new(path.clone()),
+            host: HostWatch::new(path.clone()),
             path,
             orphans: OrphanWatch::new(&balance),
             balance,
@@ -348,16 +354,21 @@ impl Writer {
             .copied()
             .filter(|p| !draining.contains(p))
             .collect();
-        let live = LiveMap {
+        let mut live = LiveMap {
             servers: map
                 .servers()
-                .filter(|(name, port)| *name != DRAINING && self.up.contains(port))
+                .filter(|(name, port)| !is_reserved(name) && self.up.contains(port))
                 .map(|(name, port)| (name.to_owned(), port))
                 .collect(),
             all: (!taking.is_empty() && active.iter().all(|p| self.up.contains(p)))
                 .then_some(taking),
             draining: draining.clone(),
+            host: None,
         };
+        live.host = Some(
+            self.host
+                .assess(&shared, &active, &live.ports(), &live.draining),
+        );
         self.publish(&live, started);
         self.publish_state(&survey, &live);
         self.write_metrics(&survey, &live, &active);

@@ -1,6 +1,6 @@
 //! The subcommands for people: `check` a file and `switch` to another one
-//! atomically here; `status` ([`crate::status`]) and `stop`
-//! ([`crate::stop`]) from here.
+//! atomically here; `status` ([`crate::status`]), `stop` ([`crate::stop`])
+//! and `drain-host` ([`crate::drain_host`]) from here.
 //!
 //! Diagnostics go to stderr as `FILE:LINE: severity: message`; the one-line
 //! verdicts, the status table and `--json` go to stdout. [`run`] is the only
@@ -15,6 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::drain_host::DrainHostArgs;
 use crate::preflight::PreflightArgs;
 use crate::status::StatusArgs;
 use crate::stop::StopArgs;
@@ -115,6 +116,17 @@ pub enum Command {
     /// directories are safe, the live map exists, the balance file is good
     /// and its active set within the ports.
     Preflight(PreflightArgs),
+    /// Drain this whole host for a front (HAProxy) in front of several
+    /// hosts, or end the drain: its sessions go on, no new one comes.
+    ///
+    /// on creates FILE.drain next to the live map, off removes it; the live
+    /// map's writer (image-launcher) then writes HOST drain (or up, or down)
+    /// in the live map, and the site's health URL answers 404 (200, 503),
+    /// which the front's http-check reads. Both wait until the live map says
+    /// so (exit 0), or say why it does not (exit 2: no launcher writes the
+    /// live map; the flag stays). status shows the flag and what the live
+    /// map says.
+    DrainHost(DrainHostArgs),
 }
 
 /// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
@@ -126,6 +138,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status(args) => crate::status::status(out, &args),
         Command::Stop(args) => crate::stop::stop(out, &args),
         Command::Preflight(args) => crate::preflight::preflight(out, &args),
+        Command::DrainHost(args) => crate::drain_host::drain_host(out, &args),
     };
     let result = result.and_then(|code| {
         out.flush()?;

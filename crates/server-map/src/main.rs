@@ -1,6 +1,6 @@
 //! `server-map`: a `RewriteMap prg:` serving `balance.conf` (Apache's
 //! `txt:`/`rnd:` syntax), re-read when it changes, plus `check`, `switch`,
-//! `status` and `stop` for the people who run the site.
+//! `status`, `stop` and `drain-host` for the people who run the site.
 //!
 //! # Protocol
 //! `server-map FILE`: one key per line on stdin, one answer line on stdout.
@@ -13,7 +13,8 @@
 //! file next to it and renames it over it; `status --pid-dir DIR` reads
 //! image-launcher's `DIR/<port>.pid`, and `stop --pid-dir DIR` signals the
 //! processes they name while these are still the ones launched; `status
-//! --live-map FILE` reads image-launcher's live map.
+//! --live-map FILE` reads image-launcher's live map; `drain-host on|off
+//! --live-map FILE` creates or removes `FILE.drain`, the host's drain flag.
 //!
 //! # Failure modes
 //! Nothing ends the map but end of input, a closed stdout or SIGTERM; a bad
@@ -24,6 +25,7 @@
 //! not do their job.
 
 mod commands;
+mod drain_host;
 mod preflight;
 mod status;
 mod stop;
@@ -95,7 +97,7 @@ The file is re-read at the first lookup after it changes. Cut over with
   server-map switch /etc/seaside/balance.conf /etc/seaside/balance.confB
 
 By hand: server-map balance.conf ALL app3001   (exit status 0 when every key is found)
-A map file named check, switch, status, stop or help must be given as ./check etc.";
+A map file named check, switch, status, stop, drain-host or help must be given as ./check etc.";
 
 fn main() -> ExitCode {
     let args = Args::parse();

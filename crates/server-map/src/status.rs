@@ -102,6 +102,8 @@ struct Live {
     servers: usize,
     /// Its ALL, present only while the whole active set is up.
     all: Option<Vec<u16>>,
+    /// Its HOST line (up, drain, down): the host's health for a front.
+    host: Option<String>,
     /// Why it could not be read (it is then shown as routing nowhere).
     error: Option<String>,
     #[serde(skip)]
@@ -133,6 +135,7 @@ impl Live {
             file: path.display().to_string(),
             servers: map.servers().count(),
             all: map.get(ALL).map(|_| map.active_ports()),
+            host: map.get(vmpool::host::HOST).map(|v| v.text().to_owned()),
             error,
             map,
         }
@@ -443,16 +446,21 @@ fn print_live_summary(out: &mut impl Write, live: &Live, rows: &[Row]) -> io::Re
     } else {
         String::new()
     };
+    let host = live
+        .host
+        .as_ref()
+        .map(|h| format!("; HOST {h} (for a front: server-map drain-host status)"))
+        .unwrap_or_default();
     writeln!(
         out,
-        "live map {}: {} in it, {all}{lagging}",
+        "live map {}: {} in it, {all}{lagging}{host}",
         live.file,
         plural(live.servers, "server"),
     )
 }
 
 /// `45s`, `12m05s`, `3h07m`, `2d04h`.
-fn uptime(secs: u64) -> String {
+pub(crate) fn uptime(secs: u64) -> String {
     let (m, s) = (secs / 60, secs % 60);
     let (h, m) = (m / 60, m % 60);
     let (d, h) = (h / 24, h % 24);

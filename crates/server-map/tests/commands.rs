@@ -528,7 +528,7 @@ fn status_with_the_live_map_shows_which_servers_apache_routes_to_and_whether_all
     let down = pool.down;
     fs::write(
         &live,
-        format!("app{active} {active}\napp{down} {down}\napp{draining} {draining}\nALL {active}|{down}\n"),
+        format!("app{active} {active}\napp{down} {down}\napp{draining} {draining}\nALL {active}|{down}\nHOST up\n"),
     )
     .expect("write live map");
     let out = run(&["status", s(&pool.file), "--live-map", s(&live), "--json"]);
@@ -536,7 +536,7 @@ fn status_with_the_live_map_shows_which_servers_apache_routes_to_and_whether_all
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
         json["live_map"],
-        serde_json::json!({"file": s(&live), "servers": 3, "all": [active, down], "error": null})
+        serde_json::json!({"file": s(&live), "servers": 3, "all": [active, down], "host": "up", "error": null})
     );
     assert_eq!(json["summary"]["in_live_map"], 3);
     let in_live: Vec<bool> = json["servers"]

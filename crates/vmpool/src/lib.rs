@@ -6,7 +6,9 @@
 //! # Files
 //! Per port, in the launcher's pid directory: `<port>.pid` (the pid record)
 //! and `<port>.lock` (held while a launcher decides about that port). In the
-//! log directory: `<port>.log`, the VM's stdout and stderr.
+//! log directory: `<port>.log`, the VM's stdout and stderr. Next to the live
+//! map: `LIVE_MAP.json` ([`state`]) and the host's drain flag,
+//! `LIVE_MAP.drain` ([`host`]).
 //!
 //! # Failure modes
 //! Nothing here trusts a pid on its own: a pid record names a process by pid
@@ -16,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod files;
+pub mod host;
 pub mod kill;
 pub mod listen_table;
 pub mod lock;
@@ -28,6 +31,7 @@ pub mod spawn;
 pub mod state;
 pub mod stopmark;
 
+pub use host::HostHealth;
 pub use kill::{Stopped, kill_if_ours};
 pub use lock::PortLock;
 pub use pidrecord::{Liveness, PidRecord};
