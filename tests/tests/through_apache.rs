@@ -395,6 +395,131 @@ fn a_cut_over_to_a_set_not_started_gives_no_503_and_moves_new_sessions_once_it_l
     );
 }
 
+/// One request with a forged cookie: when it was sent, and its status and
+/// VM port.
+type Sent = (Instant, u16, Option<u16>);
+
+#[test]
+fn a_security_cut_over_retires_set_a_and_no_cookie_reaches_its_vms_again() {
+    for classic in VARIANTS {
+        let stack = Stack::start(variant(classic));
+        let (mut client, a) = new_session(&stack);
+        assert!(stack.set_a().contains(&a));
+        let old_vm = stack.record(a).expect("the A VM's record").pid;
+        // As docs/operations.md says: start set B, then retire set A.
+        stack.prestart(stack.set_b());
+
+        // All along, requests whose cookie names an A VM (forged: no
+        // session cookie), as an attacker who wants the old code would send.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(std::sync::Mutex::new(Vec::<Sent>::new()));
+        let forger = {
+            let (addr, stop, sent) = (stack.addr, stop.clone(), sent.clone());
+            let names: Vec<String> = stack.set_a().iter().map(|p| format!("app{p}")).collect();
+            thread::spawn(move || {
+                for name in names.iter().cycle() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let at = Instant::now();
+                    let cookie = vec![format!("Cookie: server={name}")];
+                    let got = match request(addr, "/app/forged", &cookie) {
+                        Ok(r) => (at, r.status, r.vm().map(|v| v.port)),
+                        Err(_) => (at, 0, None),
+                    };
+                    sent.lock().expect("lock").push(got);
+                }
+            })
+        };
+        // Before: a forged cookie does reach the old code (what the
+        // retirement is for).
+        let reached_a = || {
+            sent.lock()
+                .expect("lock")
+                .iter()
+                .any(|s| s.2.is_some_and(|p| stack.set_a().contains(&p)))
+        };
+        assert!(
+            wait_until(BOUND, reached_a),
+            "no forged request reached set A"
+        );
+        let state = stack.state();
+        let mut retire = std::process::Command::new(state.join("bin/server-map"));
+        retire
+            .arg("retire")
+            .arg(state.join("etc/balance.conf"))
+            .arg(state.join("etc/balance.confB"))
+            .arg("--pid-dir")
+            .arg(state.join("run/pids"))
+            .args(["--grace-s", "5"]);
+        if !classic {
+            retire.arg("--live-map").arg(state.join("lib/live.map"));
+        }
+        let out = retire.output().expect("run server-map retire");
+        let retired_at = Instant::now();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "classic={classic}: {said}");
+        assert!(said.contains(&format!("app{a} ({a})")), "{said}");
+
+        // Its VMs are gone, and the names route nowhere.
+        assert!(
+            !std::path::Path::new(&format!("/proc/{old_vm}")).exists()
+                || vmpool::pidrecord::proc_stat(old_vm)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|s| s.state == 'Z'),
+            "the retired VM {old_vm} still runs: {said}"
+        );
+        let balance = std::fs::read_to_string(state.join("etc/balance.conf")).expect("balance");
+        for p in stack.set_a() {
+            assert!(!balance.contains(&format!("\napp{p} ")), "{balance}");
+            if !classic {
+                assert!(!live_servers(&stack).contains(p), "{}", stack.live_map());
+            }
+        }
+        // The session on A gets a new one on B, like any request naming A.
+        let response = client.get("/app/after").expect("request");
+        let vm = response.vm().expect("a VM answered");
+        assert!(stack.set_b().contains(&vm.port) && vm.new, "{vm:?}");
+
+        let settled = Instant::now();
+        assert!(wait_until(BOUND, || settled.elapsed() > Duration::from_millis(300)));
+        stop.store(true, Ordering::SeqCst);
+        forger.join().expect("forger");
+        let sent = std::mem::take(&mut *sent.lock().expect("lock"));
+        let after: Vec<&Sent> = sent.iter().filter(|s| s.0 > retired_at).collect();
+        assert!(!after.is_empty(), "no request after the retirement");
+        for &&(_, status, port) in &after {
+            assert!(
+                status == 200 && port.is_some_and(|p| stack.set_b().contains(&p)),
+                "classic={classic}: a forged cookie after the retirement got {status} from {port:?}"
+            );
+        }
+        if !classic {
+            // The live map dropped the names before their VMs were stopped:
+            // not even the requests during the retirement failed.
+            let failed: Vec<&Sent> = sent.iter().filter(|s| s.1 >= 500 || s.1 == 0).collect();
+            assert!(failed.is_empty(), "{failed:?}");
+        }
+        // Nothing launched a retired port again.
+        let relaunched: Vec<(u16, u32)> = stack
+            .vms()
+            .into_iter()
+            .filter(|(p, _)| stack.set_a().contains(p))
+            .collect();
+        assert!(relaunched.is_empty(), "{relaunched:?}");
+        eprintln!(
+            "classic={classic}: {} forged requests, {} after the retirement, all on set B\n{said}",
+            sent.len(),
+            after.len()
+        );
+    }
+}
+
 #[test]
 fn forged_cookies_never_leave_the_pool_and_never_cause_a_5xx() {
     for classic in VARIANTS {

@@ -175,6 +175,7 @@ mod tests {
             inode: if accepted { 7 } else { 0 },
             unread,
             bytes_received: Some(received),
+            activity: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The subcommands for people: `check` a file and `switch` to another one
-//! atomically here; `status` ([`crate::status`]), `stop` ([`crate::stop`])
-//! and `drain-host` ([`crate::drain_host`]) from here.
+//! atomically here; `status` ([`crate::status`]), `stop` ([`crate::stop`]),
+//! `retire` ([`crate::retire`]), `preflight` ([`crate::preflight`]) and
+//! `drain-host` ([`crate::drain_host`]) from here.
 //!
 //! Diagnostics go to stderr as `FILE:LINE: severity: message`; the one-line
 //! verdicts, the status table and `--json` go to stdout. [`run`] is the only
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 
 use crate::drain_host::DrainHostArgs;
 use crate::preflight::PreflightArgs;
+use crate::retire::RetireArgs;
 use crate::status::StatusArgs;
 use crate::stop::StopArgs;
 use anyhow::Context;
@@ -116,6 +118,21 @@ pub enum Command {
     /// directories are safe, the live map exists, the balance file is good
     /// and its active set within the ports.
     Preflight(PreflightArgs),
+
+    /// A security cut-over: switch FILE to NEW and take every server outside
+    /// NEW's ALL out of service at once: their names leave FILE (a cookie
+    /// naming one, real or forged, gets a new session on the new set), then
+    /// their VMs are stopped.
+    ///
+    /// NEW is checked like `switch` checks it, and every port of its ALL
+    /// must listen (--force retires anyway). FILE becomes NEW without the
+    /// lines of the retired servers (the servers of FILE or NEW whose port
+    /// is not in NEW's ALL), written atomically. With --live-map, the VMs are
+    /// stopped once the live map routes none of them. They are stopped like
+    /// `stop` stops them: only ours, SIGTERM, then SIGKILL after --grace-s.
+    /// Exit 0 when every retired VM is gone, 1 if NEW cannot be used, 2 if a
+    /// VM could not be stopped.
+    Retire(RetireArgs),
     /// Drain this whole host for a front (HAProxy) in front of several
     /// hosts, or end the drain: its sessions go on, no new one comes.
     ///
@@ -138,6 +155,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status(args) => crate::status::status(out, &args),
         Command::Stop(args) => crate::stop::stop(out, &args),
         Command::Preflight(args) => crate::preflight::preflight(out, &args),
+        Command::Retire(args) => crate::retire::retire(out, &args),
         Command::DrainHost(args) => crate::drain_host::drain_host(out, &args),
     };
     let result = result.and_then(|code| {
@@ -311,7 +329,7 @@ fn switch(out: &mut impl Write, file: &Path, new: &Path, force: bool) -> anyhow:
 
 /// Writes `bytes` to a temp file in `file`'s directory and renames it over
 /// `file`: a reader sees the old file or the new one, never a mix.
-fn replace(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn replace(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -1,6 +1,7 @@
 //! `server-map`: a `RewriteMap prg:` serving `balance.conf` (Apache's
 //! `txt:`/`rnd:` syntax), re-read when it changes, plus `check`, `switch`,
-//! `status`, `stop` and `drain-host` for the people who run the site.
+//! `status`, `stop`, `retire`, `preflight` and `drain-host` for the people
+//! who run the site.
 //!
 //! # Protocol
 //! `server-map FILE`: one key per line on stdin, one answer line on stdout.
@@ -12,7 +13,8 @@
 //! FILE, the map (read only, re-read when it changes); `switch` writes a temp
 //! file next to it and renames it over it; `status --pid-dir DIR` reads
 //! image-launcher's `DIR/<port>.pid`, and `stop --pid-dir DIR` signals the
-//! processes they name while these are still the ones launched; `status
+//! processes they name while these are still the ones launched (`retire`
+//! too, after writing FILE); `status
 //! --live-map FILE` reads image-launcher's live map; `drain-host on|off
 //! --live-map FILE` creates or removes `FILE.drain`, the host's drain flag.
 //!
@@ -27,6 +29,7 @@
 mod commands;
 mod drain_host;
 mod preflight;
+mod retire;
 mod status;
 mod stop;
 

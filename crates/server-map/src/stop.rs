@@ -46,13 +46,30 @@ struct Outcome {
 }
 
 pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
+    stop_ports(
+        out,
+        &args.pid_dir,
+        args.ports.as_ref().map(|spec| spec.ports().to_vec()),
+        Duration::from_secs(args.grace_s),
+    )
+}
+
+/// Stops the VMs of `ports` (every VM with a record in `pid_dir` when
+/// `None`) and says what became of each: exit 0 when every one recorded is
+/// gone, 2 if one could not be stopped.
+pub fn stop_ports(
+    out: &mut impl Write,
+    pid_dir: &Path,
+    ports: Option<Vec<u16>>,
+    grace: Duration,
+) -> anyhow::Result<ExitCode> {
     // A record names the process root will signal: only a directory that
     // no one else can write in is trusted.
-    let held = SafeDir::open(&args.pid_dir)
-        .with_context(|| format!("--pid-dir {}", args.pid_dir.display()))?;
+    let held =
+        SafeDir::open(pid_dir).with_context(|| format!("--pid-dir {}", pid_dir.display()))?;
     let dir = held.path().to_path_buf();
-    let ports = match &args.ports {
-        Some(spec) => spec.ports().to_vec(),
+    let ports = match ports {
+        Some(ports) => ports,
         None => recorded_ports(&dir)?,
     };
     let mut failed = 0;
@@ -70,7 +87,7 @@ pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let outcomes = stop_all(&held, records, Duration::from_secs(args.grace_s));
+    let outcomes = stop_all(&held, records, grace);
     let mut counts = [0usize; 4];
     for outcome in &outcomes {
         let Outcome {
@@ -91,7 +108,7 @@ pub fn stop(out: &mut impl Write, args: &StopArgs) -> anyhow::Result<ExitCode> {
                 writeln!(
                     out,
                     "port {port}: pid {pid} killed: still running {}s after SIGTERM, SIGKILL",
-                    args.grace_s
+                    grace.as_secs()
                 )?;
             }
             Ok(Stopped::NotOurs) => {

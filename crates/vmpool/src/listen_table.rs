@@ -54,6 +54,12 @@ const INET_DIAG_BC_JMP: u8 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
 /// Offset of `tcpi_bytes_received` in `struct tcp_info`.
 const TCPI_BYTES_RECEIVED: usize = 128;
+/// Offsets of `tcpi_last_data_sent` and `tcpi_last_data_recv` (ms ago),
+/// `tcpi_data_segs_in` and `tcpi_data_segs_out` (Linux 4.6 and later).
+const TCPI_LAST_DATA_SENT: usize = 44;
+const TCPI_LAST_DATA_RECV: usize = 52;
+const TCPI_DATA_SEGS_IN: usize = 152;
+const TCPI_DATA_SEGS_OUT: usize = 156;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const ENOENT: i32 = 2;
@@ -227,6 +233,24 @@ pub struct Connection {
     /// Bytes received in all (`tcpi_bytes_received`), where the kernel
     /// reports it (Linux 4.1 and later).
     pub bytes_received: Option<u64>,
+    /// When the VM's end last sent and received data, where the kernel
+    /// reports it.
+    pub activity: Option<Activity>,
+}
+
+/// The data a connection carried, from its `tcp_info`: enough to tell a
+/// request waiting for its answer from an idle keep-alive connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Milliseconds since data was last sent (`tcpi_last_data_sent`; since
+    /// the connection was set up, if never).
+    pub sent_ms_ago: u32,
+    /// Milliseconds since data was last received (`tcpi_last_data_recv`).
+    pub received_ms_ago: u32,
+    /// Segments with data received (`tcpi_data_segs_in`).
+    pub data_segs_in: u32,
+    /// Segments with data sent (`tcpi_data_segs_out`).
+    pub data_segs_out: u32,
 }
 
 impl Connection {
@@ -239,6 +263,21 @@ impl Connection {
     pub fn consumed(&self) -> Option<u64> {
         self.bytes_received
             .map(|received| received.saturating_sub(u64::from(self.unread)))
+    }
+
+    /// True while the VM owes the client an answer, as far as the kernel
+    /// can tell: the connection waits to be accepted, the VM has not read
+    /// all it received, it received data and never sent any, or it
+    /// received data after it last sent some (in a later millisecond). An
+    /// idle keep-alive connection owes nothing; neither does one whose
+    /// answer is being sent. (A request that arrives on a reused connection
+    /// in the millisecond of the previous answer looks idle.)
+    pub fn owes_an_answer(&self) -> bool {
+        !self.accepted()
+            || self.unread > 0
+            || self.activity.is_some_and(|a| {
+                (a.data_segs_in > 0 && a.data_segs_out == 0) || a.received_ms_ago < a.sent_ms_ago
+            })
     }
 }
 
@@ -459,6 +498,7 @@ fn parse_connection(body: &[u8]) -> Option<Connection> {
     };
     let cookie = u64::from(u32_at(body, 44)) | (u64::from(u32_at(body, 48)) << 32);
     let mut bytes_received = None;
+    let mut activity = None;
     let mut attrs = &body[INET_DIAG_MSG_LEN..];
     while attrs.len() >= 4 {
         let len = usize::from(u16_at(attrs, 0));
@@ -470,6 +510,14 @@ fn parse_connection(body: &[u8]) -> Option<Connection> {
             bytes_received =
                 Some(u64::from(u32_at(attrs, at)) | (u64::from(u32_at(attrs, at + 4)) << 32));
         }
+        if u16_at(attrs, 2) == INET_DIAG_INFO && len >= 4 + TCPI_DATA_SEGS_OUT + 4 {
+            activity = Some(Activity {
+                sent_ms_ago: u32_at(attrs, 4 + TCPI_LAST_DATA_SENT),
+                received_ms_ago: u32_at(attrs, 4 + TCPI_LAST_DATA_RECV),
+                data_segs_in: u32_at(attrs, 4 + TCPI_DATA_SEGS_IN),
+                data_segs_out: u32_at(attrs, 4 + TCPI_DATA_SEGS_OUT),
+            });
+        }
         attrs = &attrs[align4(len).min(attrs.len())..];
     }
     Some(Connection {
@@ -479,6 +527,7 @@ fn parse_connection(body: &[u8]) -> Option<Connection> {
         inode: u32_at(body, 68),
         unread: u32_at(body, 56),
         bytes_received,
+        activity,
     })
 }
 
@@ -630,6 +679,7 @@ mod tests {
         // In the accept queue: no inode, 18 bytes unread.
         let queued = wait(&mut table, &|c| c.len() == 1 && c[0].unread == 18);
         assert!(!queued[0].accepted(), "{queued:?}");
+        assert!(queued[0].owes_an_answer());
         assert!(
             queued.iter().all(|c| c.local_port == port),
             "only the asked port"
@@ -642,6 +692,25 @@ mod tests {
         std::io::Read::read_exact(&mut server_end, &mut buf).expect("read");
         let read = wait(&mut table, &|c| c.len() == 1 && c[0].unread == 0);
         assert_eq!(read[0].consumed(), Some(18));
+        // Read and not answered: owed; answered: an idle connection.
+        assert!(read[0].owes_an_answer(), "{read:?}");
+        std::io::Write::write_all(&mut server_end, b"HTTP/1.0 200 OK\r\n\r\n").expect("answer");
+        let answered = wait(&mut table, &|c| c.len() == 1 && !c[0].owes_an_answer());
+        // The next request on the same connection is owed again (once the
+        // clock has moved past the answer's millisecond).
+        let moved = answered[0].activity.expect("tcp_info").sent_ms_ago;
+        let _ = wait(&mut table, &|c| {
+            c[0].activity.is_some_and(|a| a.sent_ms_ago > moved)
+        });
+        let second = b"GET /2 HTTP/1.0\r\n\r\n";
+        std::io::Write::write_all(&mut client, second).expect("write");
+        server_end
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        std::io::Read::read_exact(&mut server_end, &mut [0u8; 19]).expect("read");
+        assert_eq!(second.len(), 19);
+        let again = wait(&mut table, &|c| c.len() == 1 && c[0].unread == 0);
+        assert!(again[0].owes_an_answer(), "{again:?}");
         // Several ports in one filter; none at all.
         let both = table.connections_on(&[other_port, port]).expect("dump");
         assert_eq!(both.len(), 2, "{both:?}");

@@ -274,9 +274,10 @@ impl Drop for Pool {
         for launcher in self.launchers.drain(..) {
             let _ = launcher.finish(Duration::from_secs(2));
         }
-        // Then every process running this pool's own copy of demo-vm, until
-        // none has been seen for a while.
-        let exe = self.demo_vm();
+        // Then every process running a program of this pool's directory (its
+        // copy of demo-vm, or a test's own VM command, replaced or not),
+        // until none has been seen for a while.
+        let dir = self.dir.path().to_path_buf();
         let mut quiet_since = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(5);
         while quiet_since.elapsed() < Duration::from_millis(200) && Instant::now() < deadline {
@@ -285,7 +286,9 @@ impl Drop for Pool {
                 .flatten()
                 .flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe));
+                .filter(|pid| {
+                    fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.starts_with(&dir))
+                });
             for pid in running.collect::<Vec<_>>() {
                 kill_and_reap(pid);
                 quiet_since = Instant::now();
