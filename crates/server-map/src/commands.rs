@@ -12,122 +12,13 @@
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use crate::drain_host::DrainHostArgs;
-use crate::preflight::PreflightArgs;
-use crate::status::StatusArgs;
-use crate::stop::StopArgs;
 use anyhow::Context;
+use server_map::cli::Command;
 use server_map::orphans::{self, Orphan, orphans};
 use server_map::{ALL, Diagnostic, MapFile, Rejected, Severity, read_settled};
-
-/// The subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Validate a map file: errors and warnings with line numbers; exit 0
-    /// when it has no error, 1 otherwise.
-    ///
-    /// Errors: a file refused as a whole (empty, NUL byte, invalid UTF-8,
-    /// no entry, unreadable), duplicate keys (the first wins), empty
-    /// alternatives (a|b| answers NULL when picked), ports outside 1..65535,
-    /// ALL listing a port no key maps to, lines Apache's own reader would
-    /// cut (over 1023 bytes). Warnings: indented lines (Apache ignores them),
-    /// keys without a value, text after the value, no final newline, no ALL.
-    ///
-    /// With --against CURRENT (the file in place, balance.conf): also an
-    /// error for each server of CURRENT whose VM listens now and which FILE
-    /// drops or sends to another port (its sessions would lose their route),
-    /// exactly as `switch CURRENT FILE` would refuse it.
-    Check {
-        /// The map file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// The map in place, to see whether switching to FILE would orphan
-        /// the sessions of a VM that listens.
-        #[arg(long, value_name = "CURRENT")]
-        against: Option<PathBuf>,
-    },
-
-    /// Cut over atomically: validate NEW like `check`, copy it to a temp
-    /// file next to FILE and rename it over FILE (FILE is never half
-    /// written); print what changed.
-    ///
-    /// FILE keeps its mode and owner (a new FILE gets 0644). If NEW has an
-    /// error, nothing is written and the exit status is 1. So too if NEW
-    /// drops a server of FILE whose VM listens (or sends its name to another
-    /// port): its sessions would lose their route; the servers are named,
-    /// and --force switches anyway. A running map answers from the new file
-    /// at its next lookup.
-    Switch {
-        /// The map file in place (balance.conf).
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// The file to put in its place (balance.confB).
-        #[arg(value_name = "NEW")]
-        new: PathBuf,
-        /// Switch even if NEW leaves the sessions of a listening VM without
-        /// a route.
-        #[arg(long)]
-        force: bool,
-    },
-
-    /// Show every server of a map file (in ALL, listening, accept queue, pid,
-    /// uptime, in the live map, state) and a summary.
-    ///
-    /// QUEUE is the accept queue: waiting connections/most it holds, "full"
-    /// for a VM that accepts nothing (busy or hung). With --pid-dir: the pid
-    /// and uptime of each VM. With --live-map: whether the live map routes
-    /// to it (LIVE), and a summary line for the live map (how many servers
-    /// it has, whether it has ALL).
-    ///
-    /// A server is a key whose value is one port (app3001 3001); ALL is the
-    /// active set. States: active (in ALL, listening), draining (listening,
-    /// not in ALL: serving the sessions it still has), starting (a VM is
-    /// running but not listening yet), stopping (the same, outside ALL),
-    /// down (in ALL, nothing running: launched on the next request that needs
-    /// it), stopped.
-    Status(StatusArgs),
-
-    /// Stop the pool's VMs, only ours: SIGTERM, then SIGKILL after a grace
-    /// period; say what became of each.
-    ///
-    /// Ours: each process that a pid record of --pid-dir names, while its pid
-    /// and start time still match. SIGTERM to all at once, SIGKILL to those
-    /// still running after --grace-s; one line per VM, then a summary. Exit 0
-    /// when every VM recorded is gone, 2 if one could not be stopped.
-    ///
-    /// A record whose pid now belongs to another process is left alone (and
-    /// said so). Stop the site first (a2dissite and reload Apache) to keep
-    /// the launcher from launching VMs again for new requests; or stop only
-    /// some VMs (--ports), such as a drained set after a cut-over.
-    Stop(StopArgs),
-
-    /// Before a reload: check what the launcher will need with the arguments
-    /// the site really gives it (Apache expands its configuration; each
-    /// image-launcher map is run with --check). One line per check; exit 0
-    /// when all pass, 1 otherwise, 2 when Apache's configuration cannot be
-    /// read.
-    ///
-    /// Run it beside `apache2ctl configtest`: configtest checks Apache's
-    /// syntax, preflight that the VM command is an absolute path the VM user
-    /// can execute, the user exists and is not root, the pid and log
-    /// directories are safe, the live map exists, the balance file is good
-    /// and its active set within the ports.
-    Preflight(PreflightArgs),
-    /// Drain this whole host for a front (HAProxy) in front of several
-    /// hosts, or end the drain: its sessions go on, no new one comes.
-    ///
-    /// on creates FILE.drain next to the live map, off removes it; the live
-    /// map's writer (image-launcher) then writes HOST drain (or up, or down)
-    /// in the live map, and the site's health URL answers 404 (200, 503),
-    /// which the front's http-check reads. Both wait until the live map says
-    /// so (exit 0), or say why it does not (exit 2: no launcher writes the
-    /// live map; the flag stays). status shows the flag and what the live
-    /// map says.
-    DrainHost(DrainHostArgs),
-}
 
 /// Runs a subcommand: 0 all well, 1 the file is not good, 2 a failure.
 pub fn run(command: Command) -> ExitCode {
