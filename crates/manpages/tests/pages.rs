@@ -38,6 +38,7 @@ fn one_page_per_program_and_subcommand_and_none_for_help() {
         [
             "image-launcher.1",
             "server-map-check.1",
+            "server-map-drain-host.1",
             "server-map-preflight.1",
             "server-map-status.1",
             "server-map-stop.1",
