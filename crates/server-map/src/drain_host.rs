@@ -10,40 +10,17 @@
 //! returns when the drain is in effect, or says why it is not.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use server_map::cli::{Action, DrainHostArgs};
 use server_map::{MapFile, read_settled};
 use vmpool::HostHealth;
 use vmpool::files::checked_dir;
 use vmpool::host::{HOST, drain_flag_for, is_drained, set_drained};
-
-/// `drain-host`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct DrainHostArgs {
-    /// on: drain the host (no new session; its sessions go on); off: end
-    /// the drain; status: what the flag and the live map say.
-    #[arg(value_enum, value_name = "ACTION")]
-    action: Action,
-    /// image-launcher's live map (its --live-map, the site's
-    /// SEASIDE_LIVE_MAP); the flag is FILE.drain, next to it.
-    #[arg(long, value_name = "FILE")]
-    live_map: PathBuf,
-    /// How long on and off wait for the live map to say so.
-    #[arg(long, value_name = "S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
-    wait_s: u64,
-}
-
-/// What to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Action {
-    On,
-    Off,
-    Status,
-}
 
 /// How often the live map is read while waiting.
 const POLL: Duration = Duration::from_millis(20);

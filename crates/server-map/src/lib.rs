@@ -51,9 +51,14 @@
 //!   alternatives, ports out of range...) is used as Apache would use it,
 //!   and each error is logged once when it is loaded. `server-map check`
 //!   lists them; `server-map switch` refuses such a file.
+//!
+//! # Command line
+//! [`cli`] is the command line of the program (`main.rs`), here so that the
+//! man pages are generated from the very definitions `--help` prints.
 
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod mapfile;
 pub mod orphans;
 pub mod reload;

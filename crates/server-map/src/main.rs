@@ -40,67 +40,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rewritemap::{BadKey, CommonArgs, MapProgram};
+use server_map::cli::Args;
 use server_map::{MapFile, OrphanWatch, ReloadingMap};
-
-use crate::commands::Command;
 
 const MAP: MapProgram = MapProgram {
     name: "server-map",
     no: "NULL",
     example_key: "ALL",
 };
-
-/// Apache RewriteMap program for balance.conf: answers the value of KEY
-/// (one alternative at random for a|b|c), or NULL; re-reads FILE when it
-/// changes.
-#[derive(Debug, Parser)]
-#[command(
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true,
-    after_long_help = HELP_APACHE
-)]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Command>,
-
-    /// The map file (balance.conf). A file named like a subcommand must be
-    /// given with a path: ./check
-    #[arg(value_name = "FILE", required = true)]
-    file: Option<PathBuf>,
-
-    /// Answer these keys and exit (0 when every key is found), instead of
-    /// reading keys from stdin.
-    #[arg(value_name = "KEY")]
-    keys: Vec<OsString>,
-
-    #[command(flatten)]
-    common: CommonArgs,
-}
-
-const HELP_APACHE: &str = "\
-Apache writes one key per line on stdin and reads one answer line:
-  app3001 -> 3001     ALL -> 3002 (one of 3001|3002|3003, at random)     app9 -> NULL
-
-balance.conf (Apache txt/rnd syntax; `server-map check` explains every rule):
-  # name     port
-  app3001    3001
-  app3002    3002
-  ALL        3001|3002
-
-Apache 2.4:
-  RewriteMap SERVERS \"prg:/usr/local/bin/server-map /etc/seaside/balance.conf\"
-  RewriteCond %{HTTP_COOKIE} \"server=(app[0-9]+)\"
-  RewriteCond ${PORTS:${SERVERS:%1}} ^open([0-9]+)$
-  RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
-  RewriteCond ${VMS:${SERVERS:ALL}} ^([0-9]+)$
-  RewriteRule ^/app(.*)$ http://127.0.0.1:%1/app$1 [P,L]
-
-The file is re-read at the first lookup after it changes. Cut over with
-  server-map switch /etc/seaside/balance.conf /etc/seaside/balance.confB
-
-By hand: server-map balance.conf ALL app3001   (exit status 0 when every key is found)
-A map file named check, switch, status, stop, drain-host or help must be given as ./check etc.";
 
 fn main() -> ExitCode {
     let args = Args::parse();

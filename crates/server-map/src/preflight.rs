@@ -8,25 +8,11 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
-
-/// `preflight`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct PreflightArgs {
-    /// The Apache binary.
-    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/apache2")]
-    apache: PathBuf,
-    /// A shell file of environment variables Apache's configuration needs,
-    /// read first when it exists (Debian's apache2ctl reads it too).
-    #[arg(long, value_name = "FILE", default_value = "/etc/apache2/envvars")]
-    envvars: PathBuf,
-    /// Apache's main configuration file (-f), when not its default.
-    #[arg(long, value_name = "FILE")]
-    conf: Option<PathBuf>,
-}
+use server_map::cli::PreflightArgs;
 
 /// Where Apache's modules live, for mod_info.
 const MODULE_DIRS: [&str; 3] = [

@@ -28,10 +28,11 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use server_map::cli::RetireArgs;
 use server_map::{MapFile, Severity, orphans, read_settled};
 use vmpool::listen_table::{Connection, ListenTable};
 
@@ -43,33 +44,6 @@ const LIVE_MAP_WAIT: Duration = Duration::from_secs(5);
 /// How long the retired ports must have no connection before their VMs are
 /// stopped (more than the time between a lookup and its proxy's connect).
 const QUIET: Duration = Duration::from_millis(100);
-
-/// `retire`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct RetireArgs {
-    /// The map file in place (balance.conf).
-    #[arg(value_name = "FILE")]
-    file: PathBuf,
-    /// The file whose active set takes over (balance.confB): FILE becomes
-    /// this file without the servers outside its ALL.
-    #[arg(value_name = "NEW")]
-    new: PathBuf,
-    /// image-launcher's pid directory (its --pid-dir): the retired VMs'
-    /// records.
-    #[arg(long, value_name = "DIR")]
-    pid_dir: PathBuf,
-    /// The live map (the file of the LIVE map): the VMs are stopped only
-    /// once it routes none of them (waited for 5 s at most).
-    #[arg(long, value_name = "FILE")]
-    live_map: Option<PathBuf>,
-    /// How long a VM has to exit after SIGTERM before it gets SIGKILL.
-    #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    grace_s: u64,
-    /// Retire even if a port of NEW's active set does not listen (new
-    /// sessions then wait for its VM to start).
-    #[arg(long)]
-    force: bool,
-}
 
 pub fn retire(out: &mut impl Write, args: &RetireArgs) -> anyhow::Result<ExitCode> {
     let (file_name, new_name) = (

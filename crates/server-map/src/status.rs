@@ -10,40 +10,19 @@
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::ensure;
 use serde::Serialize;
+use server_map::cli::StatusArgs;
 use server_map::{ALL, MapFile, Severity, Value, read_settled};
 use vmpool::listen_table::ListenTable;
 use vmpool::state::{self, PoolState};
 use vmpool::{Liveness, PidRecord, ProbeMethod, Prober};
 
 use crate::commands::{load, plural, print_diagnostics};
-
-/// `status`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    /// The map file.
-    #[arg(value_name = "FILE")]
-    file: PathBuf,
-    /// image-launcher's pid directory, to show each VM's pid and uptime.
-    #[arg(long, value_name = "DIR")]
-    pid_dir: Option<PathBuf>,
-    /// image-launcher's live map (its --live-map, Apache's LIVE map), to
-    /// show which servers Apache routes to without asking a program, and
-    /// whether it has ALL (the whole active set is up).
-    #[arg(long, value_name = "FILE")]
-    live_map: Option<PathBuf>,
-    /// Print JSON for scripts instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Give up on a connect probe after this long.
-    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=5000))]
-    timeout_ms: u64,
-}
 
 /// One server as `status` shows it.
 #[derive(Debug, Serialize)]

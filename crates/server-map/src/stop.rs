@@ -10,32 +10,17 @@
 //! one, with a record of its own.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use server_map::cli::StopArgs;
 use vmpool::safedir::SafeDir;
-use vmpool::{PidRecord, PortSpec, Stopped, kill_if_ours, parse_port};
+use vmpool::{PidRecord, Stopped, kill_if_ours, parse_port};
 
 use crate::commands::plural;
-
-/// `stop`'s arguments.
-#[derive(Debug, clap::Args)]
-pub struct StopArgs {
-    /// image-launcher's pid directory (its --pid-dir): every `<port>.pid`
-    /// in it names a VM.
-    #[arg(long, value_name = "DIR")]
-    pid_dir: PathBuf,
-    /// Only the VMs of these ports (3001-3010, or 3001,3005,3007-3009);
-    /// by default every VM with a pid record.
-    #[arg(long, value_name = "SPEC")]
-    ports: Option<PortSpec>,
-    /// How long a VM has to exit after SIGTERM before it gets SIGKILL.
-    #[arg(long, value_name = "S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
-    grace_s: u64,
-}
 
 /// What became of one record's process.
 struct Outcome {
