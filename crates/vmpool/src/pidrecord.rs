@@ -164,7 +164,12 @@ impl PidRecord {
             .ok_or_else(|| io::Error::other(format!("{}: not a pid record", path.display())))
     }
 
-    fn parse(text: &str) -> Option<PidRecord> {
+    /// Parses the text of a pid record file (see the module doc): the pid
+    /// (decimal, not 0), the start time, then the boot id (missing: empty).
+    /// Whitespace around each line is ignored, as is anything after the
+    /// third line. `None` for anything else: such a record names no process
+    /// and is never acted upon.
+    pub fn parse(text: &str) -> Option<PidRecord> {
         let mut lines = text.lines().map(str::trim);
         let pid = lines.next()?.parse().ok().filter(|&pid| pid > 0)?;
         let start_ticks = lines.next()?.parse().ok()?;
@@ -174,6 +179,12 @@ impl PidRecord {
             start_ticks,
             boot_id,
         })
+    }
+
+    /// The text of the record's file, which [`PidRecord::parse`] reads back:
+    /// pid, start time and boot id, one per line.
+    pub fn file_text(&self) -> String {
+        format!("{}\n{}\n{}\n", self.pid, self.start_ticks, self.boot_id)
     }
 
     /// Writes the record for `port` atomically: a reader sees the old record
@@ -189,8 +200,7 @@ impl PidRecord {
             .mode(0o644)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&temp)?;
-        let text = format!("{}\n{}\n{}\n", self.pid, self.start_ticks, self.boot_id);
-        let written = file.write_all(text.as_bytes()).and_then(|()| {
+        let written = file.write_all(self.file_text().as_bytes()).and_then(|()| {
             drop(file);
             fs::rename(&temp, Self::path(dir, port))
         });
