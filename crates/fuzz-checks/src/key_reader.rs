@@ -49,6 +49,9 @@ pub fn check(data: &[u8]) {
             Ok(key) => key_is_allowed(line, key),
             Err(rejection) => rejection_is_justified(line, rejection),
         }
+        if let Some(key) = usable_key(line) {
+            assert_eq!(result, Ok(key), "line {results}: {line:?}");
+        }
         results += 1;
     }
     assert_eq!(results, lines.len(), "one result per line");
@@ -115,6 +118,18 @@ fn rejection_is_justified(line: &[u8], rejection: Rejection) {
         Rejection::Empty => line.iter().all(|&b| is_blank(b) || b == b'\r'),
     };
     assert!(why, "{rejection:?} for {line:?}");
+}
+
+/// The key the protocol promises for `line`, if it holds one: a trailing CR
+/// (a CRLF client) and the blanks around the key go; what is left must be
+/// UTF-8 without control characters, and the line at most [`MAX_LINE`].
+fn usable_key(line: &[u8]) -> Option<&str> {
+    let line_ok = line.len() <= MAX_LINE;
+    let without_cr = line.strip_suffix(b"\r").unwrap_or(line);
+    let start = without_cr.iter().position(|&b| !is_blank(b))?;
+    let end = without_cr.iter().rposition(|&b| !is_blank(b))? + 1;
+    let key = std::str::from_utf8(&without_cr[start..end]).ok()?;
+    (line_ok && !key.chars().any(char::is_control)).then_some(key)
 }
 
 /// A source that returns short reads and is interrupted now and then, as a

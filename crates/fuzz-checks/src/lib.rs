@@ -1,15 +1,17 @@
 //! The properties that the fuzz targets in `fuzz/` check, one module per
 //! target, so that the same checks run twice: under `cargo +nightly fuzz`
 //! (libFuzzer, coverage-guided, `scripts/fuzz`) and on stable, where
-//! `tests/corpus.rs` replays every committed corpus file as an ordinary test.
+//! `tests/corpus.rs` replays every committed input as an ordinary test: the
+//! hand-written seeds of `fuzz/seeds/<target>/` and the minimized corpus of
+//! `fuzz/corpus/<target>/`.
 //!
 //! Each `check` takes the fuzzer's raw bytes and panics when a property does
 //! not hold; a panic in the library under test is a finding too. The
 //! production libraries carry no fuzz-only code: this crate drives them
 //! through their public API only, and is never shipped (`publish = false`).
 //!
-//! Targets ([`TARGETS`]), each named like its corpus directory
-//! `fuzz/corpus/<name>/`:
+//! Targets ([`TARGETS`]), each named like its fuzz target and its input
+//! directories:
 //! - [`key_reader`]: `rewritemap`'s key reader, one result per line;
 //! - [`map_file`]: `server-map`'s balance-file parser;
 //! - [`pid_record`]: `vmpool`'s pid records, parse and re-serialise;

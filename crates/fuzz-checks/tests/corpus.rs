@@ -1,9 +1,11 @@
-//! Replays every committed fuzz corpus (`fuzz/corpus/<target>/`) through its
-//! target's check, on stable, as ordinary tests: what the fuzzer once found
-//! interesting stays checked on every CI run, without nightly or libFuzzer.
+//! Replays every committed fuzz input through its target's check, on stable,
+//! as ordinary tests, without nightly or libFuzzer: the hand-written seeds
+//! (`fuzz/seeds/<target>/`: realistic inputs and past crashes, kept as
+//! they are) and the minimized corpus (`fuzz/corpus/<target>/`: one input
+//! per code edge the fuzzer reached).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fuzz_checks::TARGETS;
 
@@ -12,13 +14,20 @@ fn replay(target: &str) {
         .iter()
         .find(|(name, _)| *name == target)
         .unwrap_or_else(|| panic!("no target {target}"));
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../fuzz/corpus/{target}"));
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+    for kind in ["seeds", "corpus"] {
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../fuzz/{kind}/{target}"));
+        replay_dir(target, &dir, *check);
+    }
+}
+
+fn replay_dir(target: &str, dir: &Path, check: fuzz_checks::Check) {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("corpus entry").path())
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
+    assert!(!files.is_empty(), "{}: empty", dir.display());
     for file in files {
         let data = fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         // Name the file that fails: the check's own message says what.
@@ -50,6 +59,22 @@ fn listen_table_corpus() {
 #[test]
 fn live_map_corpus() {
     replay("live_map");
+}
+
+#[test]
+fn every_fuzz_target_is_a_check_here() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/fuzz_targets");
+    let mut fuzzed: Vec<String> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let path = entry.expect("fuzz target").path();
+            Some(path.file_stem()?.to_str()?.to_owned())
+        })
+        .collect();
+    fuzzed.sort();
+    let mut checked: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();
+    checked.sort();
+    assert_eq!(fuzzed, checked);
 }
 
 #[test]
