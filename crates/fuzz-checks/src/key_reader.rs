@@ -1,7 +1,9 @@
 //! `rewritemap`'s key reader: whatever bytes arrive, and however the reads
 //! are cut, exactly one result per line, in order, each the one
-//! [`check_key`] gives that line; and every accepted key is what the
-//! protocol allows (trimmed, no control character, at most [`MAX_LINE`]).
+//! [`check_key`] gives that line; every accepted key is what the protocol
+//! allows (trimmed, no control character, at most [`MAX_LINE`]), every
+//! rejection names something the line really holds, and a line that holds
+//! a key (blanks and a trailing CR around it) gives exactly that key.
 //!
 //! Input: one byte for the `BufReader`'s capacity, two for the largest read
 //! the source returns, one for how often it is interrupted (`EINTR`, which
@@ -9,6 +11,7 @@
 
 use std::io::{self, BufReader, ErrorKind, Read};
 
+use rewritemap::client::hostile::lines_in;
 use rewritemap::key::KeyReader;
 use rewritemap::{MAX_LINE, Rejection, check_key};
 
@@ -32,7 +35,7 @@ pub fn check(data: &[u8]) {
         reads: 0,
     };
     let mut keys = KeyReader::new(BufReader::with_capacity(capacity, source));
-    let lines = lines(stream);
+    let lines = lines_in(stream);
     let mut results = 0;
     loop {
         let result = match keys.next_key() {
@@ -67,15 +70,6 @@ pub fn check(data: &[u8]) {
         }
     };
     assert!(matches!(after_end, Ok(true)), "end of input stays the end");
-}
-
-/// The protocol's lines: each ends at `\n`; a last one may lack it.
-fn lines(stream: &[u8]) -> Vec<&[u8]> {
-    let mut lines: Vec<&[u8]> = stream.split(|&b| b == b'\n').collect();
-    if lines.last().is_some_and(|last| last.is_empty()) {
-        lines.pop();
-    }
-    lines
 }
 
 fn expected(line: &[u8]) -> Result<&str, Rejection> {

@@ -21,6 +21,16 @@ pub fn check(data: &[u8]) {
             for diag in &rejected.0 {
                 assert!(diag.line.is_none_or(|n| (1..=lines).contains(&n)));
             }
+            // A readable file is refused only when Apache would find no
+            // entry in it either.
+            if let Ok(text) = std::str::from_utf8(data)
+                && !data.is_empty()
+                && data.len() <= MAX_FILE
+                && !data.contains(&0)
+            {
+                let lines: Vec<&str> = text.split('\n').collect();
+                assert!(entry_lines(&lines).next().is_none(), "{rejected:?}");
+            }
         }
     }
 }
@@ -84,20 +94,27 @@ fn accepted(data: &[u8], map: &MapFile) {
     reads_back_the_same(map);
 }
 
+/// The lines Apache reads as entries: `(line number, key)`. It skips lines
+/// that start with `#` or whitespace, and keys without a value.
+fn entry_lines<'a>(lines: &'a [&'a str]) -> impl Iterator<Item = (usize, &'a str)> {
+    lines.iter().enumerate().filter_map(|(i, line)| {
+        if line.starts_with('#') || line.starts_with(is_space) {
+            return None;
+        }
+        let mut words = tokens(line);
+        let key = words.next()?;
+        words.next().map(|_| (i + 1, key))
+    })
+}
+
 /// Every line Apache reads as an entry has its key in the map, from that
 /// line or an earlier one.
 fn first_line_wins(lines: &[&str], map: &MapFile) {
-    for (i, line) in lines.iter().enumerate() {
-        if line.starts_with('#') || line.starts_with(is_space) {
-            continue;
-        }
-        let mut words = tokens(line);
-        if let (Some(key), Some(_)) = (words.next(), words.next()) {
-            let value = map
-                .get(key)
-                .unwrap_or_else(|| panic!("line {}: {key:?} is missing", i + 1));
-            assert!(value.line() <= i + 1);
-        }
+    for (number, key) in entry_lines(lines) {
+        let value = map
+            .get(key)
+            .unwrap_or_else(|| panic!("line {number}: {key:?} is missing"));
+        assert!(value.line() <= number);
     }
 }
 
