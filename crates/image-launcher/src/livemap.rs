@@ -98,13 +98,16 @@ impl LiveMap {
         text
     }
 
-    /// The whole file: a header saying what it is, then the entries.
+    /// The whole file: a header saying what it is, then the entries. The
+    /// path in the header is escaped: a line break in it would end the
+    /// comment and make the rest of the path an entry (and a NUL would make
+    /// the whole file unreadable).
     pub fn file_text(&self, path: &Path) -> String {
         format!(
             "# image-launcher (pid {}) writes this file on every change: the VMs that are up.\n\
              # Apache reads it as RewriteMap LIVE \"rnd:{}\". Do not edit.\n{}",
             std::process::id(),
-            path.display(),
+            path.display().to_string().escape_debug(),
             self.render()
         )
     }
@@ -394,6 +397,25 @@ mod tests {
         let text = nothing_up.file_text(Path::new("/x"));
         assert!(!text.is_empty(), "never an empty file");
         assert_eq!(LiveMap::parse(text.as_bytes()), nothing_up);
+    }
+
+    /// Found by the fuzz target `live_map`: the path in the header was
+    /// written as is, so a line break in it made the rest of the path an
+    /// entry of the map (here: `app3001` routed to port 9), and a NUL made
+    /// the whole file unreadable.
+    #[test]
+    fn a_path_with_a_line_break_or_a_nul_stays_in_the_header() {
+        let map = sample();
+        for path in ["/srv/live\napp3001 9\n/live.map", "/srv/a\0b/live.map"] {
+            let text = map.file_text(Path::new(path));
+            assert_eq!(LiveMap::parse(text.as_bytes()), map, "{text:?}");
+            assert_eq!(text.lines().count(), 5, "{text:?}");
+        }
+        let plain = map.file_text(Path::new("/var/lib/seaside/live.map"));
+        assert!(
+            plain.contains("\"rnd:/var/lib/seaside/live.map\""),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! that successor is re-parented to it, and [`MapProcess::finish`] (or drop)
 //! closes the pipe and reaps it: nothing is left behind.
 
+pub mod hostile;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
@@ -202,6 +204,93 @@ impl MapProcess {
         self.send(key)?;
         let answer = self.read_line(timeout)?;
         Ok((answer, started.elapsed()))
+    }
+
+    /// Writes all of `input` on the program's stdin, from a thread of its
+    /// own, in writes of the sizes in `pieces` (cycled; one write when
+    /// empty), then closes stdin (end of input); and returns everything the
+    /// program writes on stdout until it closes it, waiting at most
+    /// `timeout` in all. Unlike Apache this does not wait for each answer
+    /// before the next key, so a program that reads ahead or splits keys
+    /// at write boundaries shows it. A program that stops reading cannot
+    /// hang the caller: past the deadline this is an error, and dropping
+    /// the `MapProcess` kills the program, which ends the writer.
+    pub fn answer_all(
+        &mut self,
+        input: Vec<u8>,
+        pieces: &[usize],
+        timeout: Duration,
+    ) -> io::Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut stdin = self
+            .stdin
+            .take()
+            .ok_or_else(|| io::Error::other("stdin already closed"))?;
+        let pieces: Vec<usize> = pieces.iter().copied().filter(|&n| n > 0).collect();
+        let writer = thread::spawn(move || -> io::Result<()> {
+            let mut rest = &input[..];
+            let mut sizes = pieces.into_iter().cycle();
+            while !rest.is_empty() {
+                let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
+                stdin.write_all(&rest[..n])?;
+                rest = &rest[n..];
+            }
+            Ok(())
+        });
+        let output = self.read_to_end(deadline)?;
+        // The program closed its stdout: it has read all of its input, or
+        // died and the writer meets EPIPE. Either way the writer ends.
+        while !writer.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if !writer.is_finished() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the program closed its stdout but does not read its stdin",
+            ));
+        }
+        match writer.join() {
+            Ok(Ok(())) => Ok(output),
+            Ok(Err(e)) => Err(io::Error::new(
+                e.kind(),
+                format!("the program stopped reading its input: {e}"),
+            )),
+            Err(_) => Err(io::Error::other("the writer thread panicked")),
+        }
+    }
+
+    /// Everything left on stdout until the program closes it, by `deadline`.
+    fn read_to_end(&mut self, deadline: Instant) -> io::Result<Vec<u8>> {
+        let mut all = std::mem::take(&mut self.pending);
+        let stdout = self
+            .stdout
+            .as_mut()
+            .ok_or_else(|| io::Error::other("stdout already closed"))?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "stdout still open at the deadline, {} bytes read",
+                        all.len()
+                    ),
+                ));
+            }
+            let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let mut chunk = [0u8; 16384];
+            match stdout.read(&mut chunk)? {
+                0 => return Ok(all),
+                n => all.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 
     /// Closes the program's stdin (Apache's EOF).

@@ -326,9 +326,10 @@ fn parse_messages(bytes: &[u8], seq: u32, mut each: impl FnMut(&[u8])) -> io::Re
             NLMSG_DONE => return Ok(Reply::Done),
             NLMSG_ERROR => {
                 let errno = body.get(..4).map_or(0, |b| i32_at(b, 0));
-                return match errno {
-                    e if e == -ENOENT => Ok(Reply::Done),
-                    e if e < 0 => Err(io::Error::from_raw_os_error(-e)),
+                // The kernel sends -errno; i32::MIN has no negation.
+                return match errno.checked_neg() {
+                    Some(ENOENT) => Ok(Reply::Done),
+                    Some(e) if e > 0 => Err(io::Error::from_raw_os_error(e)),
                     _ => Err(io::Error::other("sock_diag: netlink error")),
                 };
             }
@@ -755,6 +756,17 @@ mod tests {
             parse_datagram(&enoent, 8, |_| ()).expect("other seq"),
             Reply::More
         );
+    }
+
+    /// Found by the fuzz target `listen_table`: negating the error code
+    /// overflowed (a panic with overflow checks on) for `i32::MIN`.
+    #[test]
+    fn an_error_code_without_a_negation_is_an_error_not_an_overflow() {
+        let error = [
+            20, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80,
+        ];
+        assert_eq!(i32_at(&error, 16), i32::MIN);
+        assert!(parse_datagram(&error, 7, |_| ()).is_err());
     }
 
     #[test]

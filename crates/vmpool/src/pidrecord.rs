@@ -201,7 +201,12 @@ impl PidRecord {
             .ok_or_else(|| io::Error::other(format!("{}: not a pid record", path.display())))
     }
 
-    fn parse(text: &str) -> Option<PidRecord> {
+    /// Parses the text of a pid record file (see the module doc): the pid
+    /// (decimal, not 0), the start time, then the boot id (missing: empty).
+    /// Whitespace around each line is ignored, as is anything after the
+    /// third line. `None` for anything else: such a record names no process
+    /// and is never acted upon.
+    pub fn parse(text: &str) -> Option<PidRecord> {
         let mut lines = text.lines().map(str::trim);
         let pid = lines.next()?.parse().ok().filter(|&pid| pid > 0)?;
         let start_ticks = lines.next()?.parse().ok()?;
@@ -213,6 +218,12 @@ impl PidRecord {
         })
     }
 
+    /// The text of the record's file, which [`PidRecord::parse`] reads back:
+    /// pid, start time and boot id, one per line.
+    pub fn file_text(&self) -> String {
+        format!("{}\n{}\n{}\n", self.pid, self.start_ticks, self.boot_id)
+    }
+
     /// [`PidRecord::write_in`] the directory at `dir` (checked), for tools
     /// and tests.
     pub fn write(&self, dir: &Path, port: u16) -> io::Result<()> {
@@ -222,8 +233,7 @@ impl PidRecord {
     /// Writes the record for `port` atomically: a reader sees the old record
     /// or the new one, never half of one.
     pub fn write_in(&self, dir: &SafeDir, port: u16) -> io::Result<()> {
-        let text = format!("{}\n{}\n{}\n", self.pid, self.start_ticks, self.boot_id);
-        dir.replace(&format!("{port}.pid"), text.as_bytes(), 0o644)
+        dir.replace(&format!("{port}.pid"), self.file_text().as_bytes(), 0o644)
     }
 
     /// Checks the recorded process against `/proc`.
