@@ -10,6 +10,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use rewritemap::CommonArgs;
 use vmpool::safedir::SafeDir;
+use vmpool::systemd::{self, Scope};
 use vmpool::{Identity, PortSpec, ProbeMethod};
 
 use crate::supervise::command_problem;
@@ -135,6 +136,28 @@ pub struct Args {
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub workdir: PathBuf,
 
+    /// Run each VM in a systemd scope of its own (seaside-vm-PORT.scope),
+    /// so that it outlives apache2.service (systemctl restart apache2, and
+    /// package upgrades, kill every process left in Apache's cgroup): auto
+    /// (when systemd runs and the launcher is root), scope (always; fails
+    /// every launch without systemd) or off.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = SystemdMode::Auto)]
+    pub systemd: SystemdMode,
+
+    /// The slice the VMs' scopes go in: limits for the whole pool are one
+    /// `systemctl set-property SLICE MemoryMax=...`.
+    #[arg(long, value_name = "SLICE", default_value = "seaside-pool.slice")]
+    pub systemd_slice: String,
+
+    /// A property of every VM's scope (systemd.resource-control), e.g.
+    /// MemoryMax=2G or CPUQuota=100%; repeat for more. Only with a scope.
+    #[arg(long = "vm-property", value_name = "NAME=VALUE")]
+    pub vm_properties: Vec<String>,
+
+    /// The systemd-run to use [default: /usr/bin/systemd-run].
+    #[arg(long, value_name = "PATH")]
+    pub systemd_run: Option<PathBuf>,
+
     /// Add KEY=VALUE to the VM's environment ({port} is replaced). The VM
     /// gets PATH, HOME, USER and LOGNAME of its user, and these.
     #[arg(long, value_name = "KEY=VALUE")]
@@ -236,6 +259,19 @@ pub struct Config {
     pub program: PathBuf,
     /// Its arguments, with placeholders.
     pub args: Vec<OsString>,
+    /// Under systemd: each VM's scope.
+    pub scope: Option<Scope>,
+}
+
+/// When the VMs get a systemd scope of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SystemdMode {
+    /// When systemd runs and the launcher is root.
+    Auto,
+    /// Always.
+    Scope,
+    /// Never.
+    Off,
 }
 
 impl Config {
@@ -280,6 +316,12 @@ impl Config {
         let vm_uid = user
             .as_ref()
             .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid.as_raw());
+        let scope = systemd_scope(
+            args.systemd,
+            args.systemd_run,
+            args.systemd_slice,
+            args.vm_properties,
+        )?;
         Ok(Config {
             vm_uid,
             ports: args.ports,
@@ -305,8 +347,59 @@ impl Config {
             env,
             program,
             args: args_vec,
+            scope,
         })
     }
+}
+
+/// The VMs' scope, if they get one (see [`SystemdMode`]).
+fn systemd_scope(
+    mode: SystemdMode,
+    systemd_run: Option<PathBuf>,
+    slice: String,
+    properties: Vec<String>,
+) -> anyhow::Result<Option<Scope>> {
+    for property in &properties {
+        ensure!(
+            property.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric())
+            }),
+            "--vm-property {property:?}: give NAME=VALUE (MemoryMax=2G)"
+        );
+    }
+    ensure!(
+        slice.ends_with(".slice")
+            && slice
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "--systemd-slice {slice:?}: give a unit name ending in .slice"
+    );
+    let systemd_run = systemd_run.or_else(systemd::find_systemd_run);
+    let use_scope = match mode {
+        SystemdMode::Off => false,
+        SystemdMode::Scope => true,
+        SystemdMode::Auto => {
+            systemd::booted() && nix::unistd::geteuid().is_root() && systemd_run.is_some()
+        }
+    };
+    if !use_scope {
+        if !properties.is_empty() {
+            tracing::warn!("--vm-property is ignored: the VMs get no systemd scope (--systemd)");
+        }
+        return Ok(None);
+    }
+    let systemd_run =
+        systemd_run.context("--systemd scope: no systemd-run found (--systemd-run)")?;
+    let dropper = std::env::current_exe().context("--systemd scope: the launcher's own path")?;
+    tracing::info!(
+        "each VM runs in a systemd scope of its own (seaside-vm-PORT.scope in {slice}): it outlives apache2.service"
+    );
+    Ok(Some(Scope {
+        systemd_run,
+        slice,
+        properties,
+        dropper,
+    }))
 }
 
 /// The live map's path with its directory checked (and created if missing,

@@ -64,6 +64,22 @@ const MAP: MapProgram = MapProgram {
     example_key: "ALL",
 };
 
+/// The dropper in a VM's systemd scope (`image-launcher --exec-vm UID GID
+/// GROUPS -- PROGRAM ARGS`, see `vmpool::systemd`): drops privileges and
+/// execs the VM; returns only on failure, which goes to the VM's log.
+pub fn exec_vm(args: &[std::ffi::OsString]) -> ExitCode {
+    let error = vmpool::systemd::exec_dropped(args);
+    // stderr is the VM's log here: one line for whoever reads it.
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!(
+            "image-launcher {}: cannot start the VM: {error}\n",
+            vmpool::systemd::EXEC_VM
+        ),
+    );
+    ExitCode::from(126)
+}
+
 /// The program: validates `args`, starts the live map's writer (when this
 /// launcher serves Apache and is not a successor), then answers keys until
 /// end of input or SIGTERM.

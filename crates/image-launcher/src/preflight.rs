@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use server_map::{MapFile, Severity};
 use vmpool::Identity;
 use vmpool::files::checked_dir;
+use vmpool::systemd;
 
-use crate::config::Args;
+use crate::config::{Args, SystemdMode};
 
 /// The outcome of one check.
 struct Check {
@@ -39,6 +40,7 @@ pub fn run(args: &Args) -> ExitCode {
     if let Some(balance) = &args.balance {
         checks.push(check_balance(balance, args));
     }
+    checks.push(check_systemd(args));
     let mut out = io::stdout().lock();
     for check in &checks {
         let _ = writeln!(
@@ -63,6 +65,46 @@ pub fn run(args: &Args) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Whether the VMs will outlive apache2.service (`--systemd`).
+fn check_systemd(args: &Args) -> Check {
+    let booted = systemd::booted();
+    let root = nix::unistd::geteuid().is_root();
+    let systemd_run = args.systemd_run.clone().or_else(systemd::find_systemd_run);
+    let runnable = systemd_run.as_deref().is_some_and(|p| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+    });
+    let scopes = format!(
+        "each VM in a systemd scope of its own (seaside-vm-PORT.scope in {}), through {}: VMs outlive apache2.service",
+        args.systemd_slice,
+        systemd_run
+            .as_deref()
+            .map_or("?".into(), |p| p.display().to_string())
+    );
+    match (args.systemd, booted) {
+        (SystemdMode::Off, true) => ok(
+            "--systemd off: VMs stay in Apache's service; systemctl restart apache2 ends them (reload keeps them)"
+                .into(),
+        ),
+        (SystemdMode::Off | SystemdMode::Auto, false) => {
+            ok("no systemd: VMs run in sessions of their own, as always".into())
+        }
+        (SystemdMode::Scope, false) => failed(
+            "--systemd scope, but systemd does not run here: every launch would fail".into(),
+        ),
+        (SystemdMode::Auto, true) if !root => {
+            ok("--systemd auto: not root, so no scopes; VMs stay in Apache's service".into())
+        }
+        (_, true) if runnable => ok(scopes),
+        (_, true) => failed(format!(
+            "no executable systemd-run ({}): VMs would die with apache2.service; give --systemd-run, or --systemd off",
+            systemd_run
+                .as_deref()
+                .map_or("none found".into(), |p| p.display().to_string())
+        )),
     }
 }
 

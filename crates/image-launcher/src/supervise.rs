@@ -333,6 +333,7 @@ fn spawn_vm(config: &Config, port: u16) -> io::Result<Child> {
         log,
         workdir: &config.workdir,
         env: &env,
+        scope: config.scope.as_ref().map(|scope| (scope, port)),
     })
 }
 

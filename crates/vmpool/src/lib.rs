@@ -8,7 +8,8 @@
 //! and `<port>.lock` (held while a launcher decides about that port). In the
 //! log directory: `<port>.log`, the VM's stdout and stderr. Next to the live
 //! map: `LIVE_MAP.json` ([`state`]) and the host's drain flag,
-//! `LIVE_MAP.drain` ([`host`]).
+//! `LIVE_MAP.drain` ([`host`]). Under systemd, each VM's unit is
+//! `seaside-vm-<port>.scope` ([`systemd`]).
 //!
 //! # Failure modes
 //! Nothing here trusts a pid on its own: a pid record names a process by pid
@@ -30,6 +31,7 @@ pub mod safedir;
 pub mod spawn;
 pub mod state;
 pub mod stopmark;
+pub mod systemd;
 
 pub use host::HostHealth;
 pub use kill::{Stopped, kill_if_ours};

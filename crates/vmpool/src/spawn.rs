@@ -31,6 +31,8 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::signal::{self, SigSet, SigmaskHow};
 use nix::unistd::{self, Gid, Group, Uid, User};
 
+use crate::systemd::Scope;
+
 /// The user a VM runs as: resolved once, at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -117,6 +119,10 @@ pub struct Launch<'a> {
     pub workdir: &'a Path,
     /// The complete environment.
     pub env: &'a [(OsString, OsString)],
+    /// Under systemd: the VM's own scope, for this port
+    /// ([`crate::systemd`]); privileges are then dropped after
+    /// systemd-run, by the scope's dropper.
+    pub scope: Option<(&'a Scope, u16)>,
 }
 
 /// Starts the VM described by `launch`, detached (see the module doc).
@@ -124,16 +130,30 @@ pub struct Launch<'a> {
 /// zombie when it exits while the launcher lives.
 pub fn spawn_detached(launch: Launch<'_>) -> io::Result<Child> {
     let stderr = launch.log.try_clone()?;
-    let mut command = Command::new(launch.program);
+    let mut command = match launch.scope {
+        Some((scope, port)) => {
+            let mut command = Command::new(&scope.systemd_run);
+            command.args(scope.command_line(port, launch.user, launch.program, launch.args));
+            command
+        }
+        None => {
+            let mut command = Command::new(launch.program);
+            command.args(launch.args);
+            command
+        }
+    };
     command
-        .args(launch.args)
         .env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .current_dir(launch.workdir)
         .stdin(Stdio::null())
         .stdout(launch.log)
         .stderr(stderr);
-    let drop_to = launch.user.map(|u| (u.uid, u.gid, u.groups.clone()));
+    // In a scope, systemd-run must run as root; the dropper drops.
+    let drop_to = launch
+        .user
+        .filter(|_| launch.scope.is_none())
+        .map(|u| (u.uid, u.gid, u.groups.clone()));
     // SAFETY: the closure runs in the child between fork and exec, where
     // only async-signal-safe calls are allowed. It makes plain system calls
     // (setsid, signal with SIG_DFL, sigprocmask, close_range or fcntl,
@@ -204,8 +224,8 @@ fn close_on_exec_from(first: u32) {
 }
 
 /// Supplementary groups, then gid, then uid; then proof that root cannot be
-/// regained. Runs in the child before exec.
-fn drop_privileges(uid: Uid, gid: Gid, groups: &[Gid]) -> io::Result<()> {
+/// regained. Runs in the child before exec (or in the scope's dropper).
+pub(crate) fn drop_privileges(uid: Uid, gid: Gid, groups: &[Gid]) -> io::Result<()> {
     unistd::setgroups(groups)?;
     unistd::setgid(gid)?;
     unistd::setuid(uid)?;

@@ -59,6 +59,7 @@ fn launch(dir: &Path, program: &str, args: &[&str], user: Option<&Identity>) -> 
         log,
         workdir: Path::new("/"),
         env: &env,
+        scope: None,
     })
     .expect("spawn");
     Guard(child)
